@@ -1,0 +1,1 @@
+"""The node agent: sandboxes, zygotes and instances on this machine."""

@@ -1,0 +1,1 @@
+"""The sandbox layer: one interface (api.py), one module per implementation."""

@@ -1,0 +1,69 @@
+"""Platform settings: one dataclass, filled from CLI flags and SQUALL_* environment variables."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+
+@dataclass
+class Prices:
+    """Cost model. Defaults: AWS Lambda's public x86 prices (us-east-1)."""
+
+    per_million_requests: float = 0.20
+    per_gb_second: float = 0.0000166667
+
+
+@dataclass
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    data_dir: Path = field(default_factory=lambda: Path(".squall"))
+    # sandbox: "auto" picks bwrap when it works here, else process (with a warning)
+    sandbox: str = "auto"
+    pids_limit: int = 256
+    ephemeral_mb: int = 512
+    # bounded wait for a free instance before 429
+    queue_wait_s: float = 10.0
+    max_sync_payload: int = 6 * 1024 * 1024
+    max_async_payload: int = 256 * 1024
+    max_bundle_bytes: int = 250 * 1024 * 1024
+    max_bundle_files: int = 20_000
+    log_lines_per_function: int = 10_000
+    shutdown_grace_s: float = 30.0
+    instance_stop_grace_s: float = 2.0
+    zygote_memory_budget_mb: int = 2048
+    prices: Prices = field(default_factory=Prices)
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> Settings:
+        """SQUALL_<FIELD> environment variables, then explicit overrides (CLI flags) win."""
+        s = cls()
+        for f in fields(cls):
+            raw = os.environ.get(f"SQUALL_{f.name.upper()}")
+            if raw is not None and f.name != "prices":
+                setattr(s, f.name, _coerce(getattr(s, f.name), raw))
+        for key, raw in (
+            ("per_million_requests", os.environ.get("SQUALL_PRICE_PER_MILLION_REQUESTS")),
+            ("per_gb_second", os.environ.get("SQUALL_PRICE_PER_GB_SECOND")),
+        ):
+            if raw is not None:
+                setattr(s.prices, key, float(raw))
+        for key, value in overrides.items():
+            if value is not None:
+                setattr(s, key, value)
+        s.data_dir = Path(s.data_dir).resolve()
+        return s
+
+
+def _coerce(current: object, raw: str) -> object:
+    if isinstance(current, bool):
+        return raw.lower() in ("1", "true", "yes")
+    if isinstance(current, int):
+        return int(raw)
+    if isinstance(current, float):
+        return float(raw)
+    if isinstance(current, Path):
+        return Path(raw)
+    return raw

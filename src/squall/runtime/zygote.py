@@ -1,0 +1,229 @@
+"""The zygote: imports a function's handler once, then forks instances on request.
+
+Started by the platform as ``python -I -S -c <bootstrap>`` with the control socket on fd 3 and its
+configuration as JSON in argv[1]. It never serves a request itself: each instance is a fork that
+inherits the imported modules (copy-on-write), hardens itself, says hello on its own channel and
+serves invocations until the channel closes.
+"""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import gc
+import importlib
+import inspect
+import json
+import logging
+import os
+import random
+import signal
+import socket
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from squall.runtime import harden
+from squall.runtime.context import Channel, Context, LogWriter, current_request
+from squall.runtime.protocol import ProtocolError, recv_frame, send_frame
+
+CONTROL_FD = 3
+
+
+def error_payload(exc: BaseException, skip: int = 0) -> dict[str, Any]:
+    """Lambda's error shape: errorType, errorMessage, stackTrace (list of frame strings)."""
+    frames = traceback.extract_tb(exc.__traceback__)[skip:]
+    return {
+        "errorType": type(exc).__name__,
+        "errorMessage": str(exc),
+        "stackTrace": traceback.format_list(frames),
+    }
+
+
+def load_handler(spec: str) -> Callable[..., Any]:
+    module_name, _, func_name = spec.rpartition(".")
+    module = importlib.import_module(module_name)
+    try:
+        handler = getattr(module, func_name)
+    except AttributeError:
+        raise AttributeError(
+            f"handler '{func_name}' is missing from module '{module_name}'"
+        ) from None
+    if not callable(handler):
+        raise TypeError(f"handler '{spec}' is not callable")
+    return handler  # type: ignore[no-any-return]
+
+
+class _LogHandler(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        ms = int(record.msecs)
+        sys.stderr.write(
+            f"[{record.levelname}]\t{ts}.{ms:03d}Z\t{current_request.get()}\t{self.format(record)}\n"
+        )
+
+
+class Instance:
+    """One forked instance: serves invocations from its channel, one or several at a time."""
+
+    def __init__(self, sock: socket.socket, handler: Callable[..., Any], static: dict[str, Any],
+                 style: str) -> None:
+        self.channel = Channel(sock)
+        self.handler = handler
+        self.static = static
+        self.style = style
+        self.log = LogWriter(self.channel)
+        sys.stdout = self.log  # type: ignore[assignment]
+        sys.stderr = self.log  # type: ignore[assignment]
+        root = logging.getLogger()
+        root.handlers[:] = [_LogHandler()]
+
+    def _call(self, msg: dict[str, Any]) -> dict[str, Any]:
+        rid = msg["id"]
+        ctx = Context(rid, msg["dl"], self.static, self.log)
+        try:
+            if self.style == "cloudevent":
+                value = self.handler(msg["ev"])
+            else:
+                value = self.handler(msg["ev"], ctx)
+            return {"t": "res", "id": rid, "v": value}
+        except Exception as exc:
+            return {"t": "err", "id": rid, "e": error_payload(exc, skip=1)}
+
+    def _finish(self, rid: str, reply: dict[str, Any]) -> None:
+        self.log.flush(rid)
+        try:
+            self.channel.send(reply)
+        except TypeError as exc:  # a value msgpack cannot carry
+            self.channel.send({"t": "err", "id": rid, "e": {
+                "errorType": "Runtime.MarshalError",
+                "errorMessage": f"Unable to marshal response: {exc}",
+                "stackTrace": [],
+            }})
+
+    def serve_sync(self) -> None:
+        while True:
+            try:
+                msg = recv_frame(self.channel.sock)
+            except (EOFError, ProtocolError, OSError):
+                return
+            if msg["t"] != "inv":
+                continue
+            token = current_request.set(msg["id"])
+            reply = self._call(msg)
+            self._finish(msg["id"], reply)
+            current_request.reset(token)
+
+    async def _call_async(self, msg: dict[str, Any]) -> None:
+        rid = msg["id"]
+        current_request.set(rid)
+        ctx = Context(rid, msg["dl"], self.static, self.log)
+        try:
+            args = (msg["ev"],) if self.style == "cloudevent" else (msg["ev"], ctx)
+            reply: dict[str, Any] = {"t": "res", "id": rid, "v": await self.handler(*args)}
+        except Exception as exc:
+            reply = {"t": "err", "id": rid, "e": error_payload(exc, skip=1)}
+        self._finish(rid, reply)
+
+    async def serve_async(self) -> None:
+        """Frames are read by a thread and handed to the loop; each invocation is its own task."""
+        loop = asyncio.get_running_loop()
+        done = asyncio.Event()
+        tasks: set[asyncio.Task[None]] = set()
+
+        def spawn(msg: dict[str, Any]) -> None:
+            task = loop.create_task(self._call_async(msg))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+        def reader() -> None:
+            while True:
+                try:
+                    msg = recv_frame(self.channel.sock)
+                except (EOFError, ProtocolError, OSError):
+                    loop.call_soon_threadsafe(done.set)
+                    return
+                if msg["t"] == "inv":
+                    loop.call_soon_threadsafe(spawn, msg)
+
+        threading.Thread(target=reader, daemon=True).start()
+        await done.wait()
+
+
+def _recv_fork(ctrl: socket.socket) -> tuple[dict[str, Any], int]:
+    fds = array.array("i")
+    data, ancdata, _flags, _addr = ctrl.recvmsg(65536, socket.CMSG_SPACE(fds.itemsize))
+    if not data:
+        raise EOFError
+    for level, kind, payload in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(payload[: len(payload) - (len(payload) % fds.itemsize)])
+    from squall.runtime.protocol import HEADER, decode
+
+    (length,) = HEADER.unpack(data[: HEADER.size])
+    msg = decode(data[HEADER.size : HEADER.size + length])
+    return msg, (fds[0] if fds else -1)
+
+
+def _become_instance(fd: int, msg: dict[str, Any], handler: Callable[..., Any],
+                     cfg: dict[str, Any]) -> None:
+    """Runs in the forked child; never returns."""
+    code = 0
+    try:
+        harden.apply(msg.get("harden", {}))
+        random.seed()  # each instance its own sequence, not the zygote's
+        np_random = sys.modules.get("numpy.random")
+        if np_random is not None:
+            np_random.seed()  # type: ignore[attr-defined]
+        sock = socket.socket(fileno=fd)
+        send_frame(sock, {"t": "hello", "pid": os.getpid()})
+        inst = Instance(sock, handler, cfg["static"], cfg.get("style", "lambda"))
+        if inspect.iscoroutinefunction(handler):
+            asyncio.run(inst.serve_async())
+        else:
+            inst.serve_sync()
+    except BaseException:  # the instance must never fall back into the zygote's loop
+        traceback.print_exc(file=sys.__stderr__)
+        code = 1
+    os._exit(code)
+
+
+def main() -> None:
+    cfg: dict[str, Any] = json.loads(sys.argv[1])
+    started = time.time()
+    ctrl = socket.socket(fileno=CONTROL_FD)
+    for path in reversed(cfg["paths"]):
+        sys.path.insert(0, path)
+    os.chdir(cfg["code_dir"])
+    try:
+        handler = load_handler(cfg["handler"])
+    except BaseException as exc:
+        send_frame(ctrl, {"t": "init_error", "e": error_payload(exc)})
+        sys.exit(1)
+    # Children are reaped by the kernel; the platform watches each one through a pidfd.
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    # Move everything imported so far out of the GC's reach so forked children do not dirty the
+    # shared pages by walking it (the copy-on-write cost of a fork is then near zero).
+    gc.collect()
+    gc.freeze()
+    send_frame(ctrl, {"t": "ready", "init_ms": (time.time() - started) * 1000.0, "t0": started})
+    while True:
+        try:
+            msg, fd = _recv_fork(ctrl)
+        except (EOFError, ConnectionError):
+            return
+        if msg.get("t") != "fork" or fd < 0:
+            continue
+        pid = os.fork()
+        if pid == 0:
+            ctrl.close()
+            _become_instance(fd, msg, handler, cfg)
+        os.close(fd)
+        send_frame(ctrl, {"t": "forked", "id": msg["id"], "pid": pid})
+
+
+if __name__ == "__main__":
+    main()
