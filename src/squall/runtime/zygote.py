@@ -194,7 +194,7 @@ def _become_instance(fd: int, msg: dict[str, Any], handler: Callable[..., Any],
 def main() -> None:
     cfg: dict[str, Any] = json.loads(sys.argv[1])
     started = time.time()
-    ctrl = socket.socket(fileno=CONTROL_FD)
+    ctrl = socket.socket(fileno=int(cfg.get("ctrl_fd", CONTROL_FD)))
     for path in reversed(cfg["paths"]):
         sys.path.insert(0, path)
     os.chdir(cfg["code_dir"])

@@ -1,7 +1,357 @@
-"""The durable async queue, dead letters, idempotency keys, triggers and schedules (events issue)."""
+"""The durable async queue, dead letters, idempotency keys, triggers and schedule state (SQL only).
+
+Every function takes the connection first and runs on the db thread (``Database.run``). Writes that
+must be atomic use ``transaction``. Times are UNIX seconds (float). JSON columns hold text.
+
+Event lifecycle (column ``status``)::
+
+    queued --claim--> running --ok--> succeeded
+                        |--error, retries left--> failed (at next_attempt_at) --claim--> running
+                        |--error, none left / expired / function gone--> dead_lettered
+
+A claim sets a lease (``lease_until``); a running event whose lease ran out is claimable again, and
+``recover`` requeues every running event at startup: the process that held it is gone.
+"""
 
 from __future__ import annotations
 
-from squall.store.db import Migration
+import json
+import sqlite3
+from typing import Any
 
-SCHEMA: list[Migration] = []
+from squall.store.db import Migration, transaction
+
+SCHEMA: list[Migration] = [
+    ("queue-0001", """
+CREATE TABLE events (
+    id TEXT PRIMARY KEY,
+    function TEXT NOT NULL,
+    namespace TEXT NOT NULL DEFAULT 'default',
+    trigger TEXT NOT NULL,
+    source TEXT,
+    payload TEXT NOT NULL,
+    status TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    idempotency_key TEXT,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    next_attempt_at REAL NOT NULL,
+    lease_until REAL,
+    started_at REAL,
+    finished_at REAL,
+    result TEXT,
+    error TEXT
+);
+CREATE INDEX events_due ON events (status, next_attempt_at);
+CREATE INDEX events_source ON events (source, created_at);
+CREATE UNIQUE INDEX events_idem ON events (namespace, function, idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
+CREATE TABLE dead_letters (
+    id TEXT PRIMARY KEY,
+    request_id TEXT NOT NULL,
+    function TEXT NOT NULL,
+    namespace TEXT NOT NULL DEFAULT 'default',
+    trigger TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    error TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    redriven_at REAL,
+    redrive_request_id TEXT
+);
+CREATE INDEX dead_letters_function ON dead_letters (function, created_at);
+CREATE TABLE triggers (
+    id TEXT PRIMARY KEY,
+    function TEXT NOT NULL,
+    namespace TEXT NOT NULL DEFAULT 'default',
+    name TEXT NOT NULL,
+    type TEXT NOT NULL,
+    config TEXT NOT NULL,
+    origin TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    UNIQUE (namespace, function, name)
+);
+CREATE TABLE schedule_state (
+    trigger_id TEXT PRIMARY KEY,
+    last_tick REAL,
+    in_flight TEXT
+)
+"""),
+]
+
+FINAL = ("succeeded", "dead_lettered")
+_EVENT_COLS = ("id, function, namespace, trigger, source, payload, status, attempts, "
+               "idempotency_key, created_at, updated_at, next_attempt_at, lease_until, "
+               "started_at, finished_at, result, error")
+
+
+def _row(r: sqlite3.Row | None) -> dict[str, Any] | None:
+    return None if r is None else dict(r)
+
+
+def _dumps(v: Any) -> str:
+    return json.dumps(v, separators=(",", ":"), default=str)
+
+
+# --- events ----------------------------------------------------------------------------------
+
+def find_idempotent(conn: sqlite3.Connection, namespace: str, function: str,
+                    key: str) -> str | None:
+    r = conn.execute("SELECT id FROM events WHERE namespace=? AND function=? AND idempotency_key=?",
+                     (namespace, function, key)).fetchone()
+    return None if r is None else str(r[0])
+
+
+def _insert_event(conn: sqlite3.Connection, *, id: str, function: str, namespace: str,
+                  trigger: str, payload: str, now: float, source: str | None,
+                  idempotency_key: str | None) -> None:
+    conn.execute(
+        "INSERT INTO events (id, function, namespace, trigger, source, payload, status, attempts,"
+        " idempotency_key, created_at, updated_at, next_attempt_at)"
+        " VALUES (?,?,?,?,?,?,'queued',0,?,?,?,?)",
+        (id, function, namespace, trigger, source, payload, idempotency_key, now, now, now))
+
+
+def enqueue(conn: sqlite3.Connection, *, id: str, function: str, namespace: str, trigger: str,
+            payload: str, now: float, source: str | None = None,
+            idempotency_key: str | None = None) -> tuple[str, bool]:
+    """Insert a queued event in one transaction. With a key already used for this function,
+    return (first id, False) and insert nothing."""
+    with transaction(conn):
+        if idempotency_key is not None:
+            first = find_idempotent(conn, namespace, function, idempotency_key)
+            if first is not None:
+                return first, False
+        _insert_event(conn, id=id, function=function, namespace=namespace, trigger=trigger,
+                      payload=payload, now=now, source=source, idempotency_key=idempotency_key)
+    return id, True
+
+
+def claim(conn: sqlite3.Connection, *, now: float, limit: int,
+          lease_s: float) -> list[dict[str, Any]]:
+    """Lease up to ``limit`` due events (queued/failed whose time has come, or running whose lease
+    ran out), oldest due first; bump their attempt count."""
+    if limit <= 0:
+        return []
+    with transaction(conn):
+        rows = conn.execute(
+            f"UPDATE events SET status='running', attempts=attempts+1, lease_until=?,"
+            f" started_at=?, updated_at=? WHERE id IN (SELECT id FROM events"
+            f" WHERE (status IN ('queued','failed') AND next_attempt_at<=?)"
+            f"    OR (status='running' AND lease_until<=?)"
+            f" ORDER BY next_attempt_at LIMIT ?) RETURNING {_EVENT_COLS}",
+            (now + lease_s, now, now, now, now, limit)).fetchall()
+    return [dict(r) for r in rows]
+
+
+def next_due_at(conn: sqlite3.Connection) -> float | None:
+    """The earliest time an event becomes claimable, or None when nothing is waiting."""
+    r = conn.execute(
+        "SELECT MIN(t) FROM (SELECT MIN(next_attempt_at) AS t FROM events"
+        " WHERE status IN ('queued','failed')"
+        " UNION ALL SELECT MIN(lease_until) FROM events WHERE status='running')").fetchone()
+    return None if r is None or r[0] is None else float(r[0])
+
+
+def recover(conn: sqlite3.Connection, *, now: float) -> int:
+    """At startup: every running event was held by a process that is gone. Requeue it now and do
+    not charge the interrupted attempt to its retry budget (the platform failed, not the code)."""
+    with transaction(conn):
+        cur = conn.execute(
+            "UPDATE events SET status='queued', attempts=MAX(attempts-1,0), lease_until=NULL,"
+            " next_attempt_at=?, updated_at=? WHERE status='running'", (now, now))
+    return cur.rowcount
+
+
+def release(conn: sqlite3.Connection, id: str, *, now: float, next_attempt_at: float) -> None:
+    """Put a claimed event back without charging the attempt (throttled: 429 from the invoker)."""
+    with transaction(conn):
+        conn.execute("UPDATE events SET status='queued', attempts=MAX(attempts-1,0),"
+                     " lease_until=NULL, next_attempt_at=?, updated_at=? WHERE id=?",
+                     (next_attempt_at, now, id))
+
+
+def succeed(conn: sqlite3.Connection, id: str, *, now: float, result: Any,
+            follow_up: dict[str, Any] | None = None) -> None:
+    """Mark succeeded; ``follow_up`` (enqueue kwargs) is a function destination, written in the
+    same transaction so it is as durable as the outcome."""
+    with transaction(conn):
+        conn.execute("UPDATE events SET status='succeeded', result=?, error=NULL, lease_until=NULL,"
+                     " finished_at=?, updated_at=? WHERE id=?", (_dumps(result), now, now, id))
+        if follow_up is not None:
+            _insert_event(conn, **follow_up)
+
+
+def retry_later(conn: sqlite3.Connection, id: str, *, now: float, error: dict[str, Any],
+                next_attempt_at: float) -> None:
+    with transaction(conn):
+        conn.execute("UPDATE events SET status='failed', error=?, lease_until=NULL,"
+                     " next_attempt_at=?, updated_at=? WHERE id=?",
+                     (_dumps(error), next_attempt_at, now, id))
+
+
+def dead_letter(conn: sqlite3.Connection, event: dict[str, Any], *, dlq_id: str, now: float,
+                error: dict[str, Any], follow_up: dict[str, Any] | None = None) -> None:
+    """Final failure: the event row says dead_lettered and a dead letter keeps payload and error.
+    ``event`` needs id, function, namespace, trigger, payload, attempts."""
+    with transaction(conn):
+        conn.execute("UPDATE events SET status='dead_lettered', error=?, lease_until=NULL,"
+                     " finished_at=?, updated_at=? WHERE id=?",
+                     (_dumps(error), now, now, event["id"]))
+        insert_dead_letter(conn, event, dlq_id=dlq_id, now=now, error=error)
+        if follow_up is not None:
+            _insert_event(conn, **follow_up)
+
+
+def get_event(conn: sqlite3.Connection, id: str) -> dict[str, Any] | None:
+    return _row(conn.execute(f"SELECT {_EVENT_COLS} FROM events WHERE id=?", (id,)).fetchone())
+
+
+def event_status(conn: sqlite3.Connection, id: str) -> str | None:
+    r = conn.execute("SELECT status FROM events WHERE id=?", (id,)).fetchone()
+    return None if r is None else str(r[0])
+
+
+def list_events(conn: sqlite3.Connection, *, function: str | None = None,
+                source: str | None = None, status: str | None = None,
+                limit: int = 100) -> list[dict[str, Any]]:
+    where, args = ["1=1"], []
+    for col, val in (("function", function), ("source", source), ("status", status)):
+        if val is not None:
+            where.append(f"{col}=?")
+            args.append(val)
+    rows = conn.execute(f"SELECT {_EVENT_COLS} FROM events WHERE {' AND '.join(where)}"
+                        " ORDER BY created_at DESC LIMIT ?", (*args, limit)).fetchall()
+    return [dict(r) for r in rows]
+
+
+def prune(conn: sqlite3.Connection, *, before: float) -> int:
+    """Forget finished events (and with them their idempotency keys) older than ``before``."""
+    with transaction(conn):
+        cur = conn.execute("DELETE FROM events WHERE status IN ('succeeded','dead_lettered')"
+                           " AND finished_at < ?", (before,))
+    return cur.rowcount
+
+
+# --- dead letters ----------------------------------------------------------------------------
+
+def insert_dead_letter(conn: sqlite3.Connection, event: dict[str, Any], *, dlq_id: str,
+                       now: float, error: dict[str, Any]) -> None:
+    """Insert only (call inside a transaction, or alone: one statement is atomic)."""
+    conn.execute(
+        "INSERT INTO dead_letters (id, request_id, function, namespace, trigger, payload, error,"
+        " attempts, created_at) VALUES (?,?,?,?,?,?,?,?,?)",
+        (dlq_id, event["id"], event["function"], event.get("namespace", "default"),
+         event["trigger"], event["payload"], _dumps(error), event["attempts"], now))
+
+
+def list_dead_letters(conn: sqlite3.Connection, *, function: str | None = None,
+                      include_redriven: bool = False, limit: int = 100) -> list[dict[str, Any]]:
+    where, args = [], []
+    if function is not None:
+        where.append("function=?")
+        args.append(function)
+    if not include_redriven:
+        where.append("redriven_at IS NULL")
+    sql = "SELECT * FROM dead_letters"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    rows = conn.execute(sql + " ORDER BY created_at DESC LIMIT ?", (*args, limit)).fetchall()
+    return [dict(r) for r in rows]
+
+
+def get_dead_letter(conn: sqlite3.Connection, id: str) -> dict[str, Any] | None:
+    return _row(conn.execute("SELECT * FROM dead_letters WHERE id=?", (id,)).fetchone())
+
+
+def redrive(conn: sqlite3.Connection, dlq_id: str, *, new_id: str,
+            now: float) -> dict[str, Any] | None:
+    """Re-enqueue one dead letter as a new event (fresh attempts) and mark it redriven.
+    None when there is no such dead letter; an already redriven one returns its row unchanged."""
+    with transaction(conn):
+        dl = _row(conn.execute("SELECT * FROM dead_letters WHERE id=?", (dlq_id,)).fetchone())
+        if dl is None or dl["redriven_at"] is not None:
+            return dl
+        _insert_event(conn, id=new_id, function=dl["function"], namespace=dl["namespace"],
+                      trigger=dl["trigger"], payload=dl["payload"], now=now, source=None,
+                      idempotency_key=None)
+        conn.execute("UPDATE dead_letters SET redriven_at=?, redrive_request_id=? WHERE id=?",
+                     (now, new_id, dlq_id))
+        dl.update(redriven_at=now, redrive_request_id=new_id)
+    return dl
+
+
+# --- triggers and schedules ------------------------------------------------------------------
+
+def _trigger(r: sqlite3.Row) -> dict[str, Any]:
+    d = dict(r)
+    d["config"] = json.loads(d["config"])
+    return d
+
+
+def insert_trigger(conn: sqlite3.Connection, t: dict[str, Any], *, now: float) -> None:
+    with transaction(conn):
+        conn.execute(
+            "INSERT INTO triggers (id, function, namespace, name, type, config, origin,"
+            " created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?)",
+            (t["id"], t["function"], t.get("namespace", "default"), t["name"], t["type"],
+             _dumps(t["config"]), t["origin"], now, now))
+
+
+def update_trigger(conn: sqlite3.Connection, id: str, *, type: str, config: dict[str, Any],
+                   now: float) -> None:
+    """A changed definition also forgets the schedule state (a new cron starts afresh)."""
+    with transaction(conn):
+        conn.execute("UPDATE triggers SET type=?, config=?, updated_at=? WHERE id=?",
+                     (type, _dumps(config), now, id))
+        conn.execute("DELETE FROM schedule_state WHERE trigger_id=?", (id,))
+
+
+def delete_trigger(conn: sqlite3.Connection, id: str) -> bool:
+    with transaction(conn):
+        conn.execute("DELETE FROM schedule_state WHERE trigger_id=?", (id,))
+        cur = conn.execute("DELETE FROM triggers WHERE id=?", (id,))
+    return cur.rowcount > 0
+
+
+def list_triggers(conn: sqlite3.Connection, *, function: str | None = None,
+                  namespace: str = "default") -> list[dict[str, Any]]:
+    if function is None:
+        rows = conn.execute("SELECT * FROM triggers ORDER BY function, name").fetchall()
+    else:
+        rows = conn.execute("SELECT * FROM triggers WHERE namespace=? AND function=?"
+                            " ORDER BY name", (namespace, function)).fetchall()
+    return [_trigger(r) for r in rows]
+
+
+def get_trigger(conn: sqlite3.Connection, id: str) -> dict[str, Any] | None:
+    r = conn.execute("SELECT * FROM triggers WHERE id=?", (id,)).fetchone()
+    return None if r is None else _trigger(r)
+
+
+def get_schedule_state(conn: sqlite3.Connection, trigger_id: str) -> dict[str, Any] | None:
+    """{last_tick, in_flight, in_flight_status} or None for a schedule that never fired."""
+    r = conn.execute(
+        "SELECT s.last_tick, s.in_flight, e.status AS in_flight_status FROM schedule_state s"
+        " LEFT JOIN events e ON e.id = s.in_flight WHERE s.trigger_id=?", (trigger_id,)).fetchone()
+    return _row(r)
+
+
+def set_schedule_anchor(conn: sqlite3.Connection, trigger_id: str, tick: float) -> None:
+    """Remember ``tick`` as handled without firing (first start, or a skipped tick)."""
+    with transaction(conn):
+        conn.execute("INSERT INTO schedule_state (trigger_id, last_tick) VALUES (?, ?)"
+                     " ON CONFLICT (trigger_id) DO UPDATE SET last_tick=excluded.last_tick",
+                     (trigger_id, tick))
+
+
+def fire_schedule(conn: sqlite3.Connection, trigger_id: str, tick: float,
+                  event: dict[str, Any]) -> None:
+    """Enqueue a firing and advance the schedule in one transaction: a crash can neither lose the
+    tick nor fire it twice. ``event`` holds enqueue kwargs (without idempotency)."""
+    with transaction(conn):
+        _insert_event(conn, idempotency_key=None, **event)
+        conn.execute("INSERT INTO schedule_state (trigger_id, last_tick, in_flight) VALUES (?,?,?)"
+                     " ON CONFLICT (trigger_id) DO UPDATE SET last_tick=excluded.last_tick,"
+                     " in_flight=excluded.in_flight", (trigger_id, tick, event["id"]))

@@ -50,8 +50,13 @@ class Usage:
 
 class Sandbox(Protocol):
     backend: str
+    spec: SandboxSpec
 
     def zygote_argv(self, argv: list[str], pass_fds: list[int]) -> list[str]: ...
+
+    def map_path(self, host_path: Path) -> str:
+        """Where a host path of the spec (code dir, python paths) appears inside the sandbox."""
+        ...
 
     def harden_opts(self) -> dict[str, Any]: ...
 

@@ -6,6 +6,7 @@ The fallback where bubblewrap or namespaces are missing. It isolates nothing fro
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from squall.agent.sandbox.api import SandboxSpec, Usage
@@ -19,6 +20,9 @@ class ProcessSandbox:
 
     def zygote_argv(self, argv: list[str], pass_fds: list[int]) -> list[str]:
         return argv
+
+    def map_path(self, host_path: Path) -> str:
+        return str(host_path)
 
     def harden_opts(self) -> dict[str, Any]:
         limits = self.spec.limits

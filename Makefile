@@ -1,0 +1,36 @@
+# Squall: `make run` starts the platform with the examples deployed; `make test` runs the suite.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PORT ?= 8080
+DATA_DIR ?= .squall
+STAMP := $(VENV)/.installed
+
+.PHONY: run test bench bench-quick lint setup clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip uv
+	$(BIN)/uv pip install --python $(BIN)/python -q -e ".[dev]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+run: $(STAMP)
+	@$(BIN)/python scripts/run_with_examples.py --port $(PORT) --data-dir $(DATA_DIR)
+
+test: $(STAMP)
+	$(BIN)/pytest -q -p no:cacheprovider
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests bench
+	$(BIN)/mypy
+
+bench: $(STAMP)
+	$(BIN)/python bench/run.py
+
+bench-quick: $(STAMP)
+	$(BIN)/python bench/run.py --quick
+
+clean:
+	rm -rf $(VENV) .squall .pytest_cache .mypy_cache .ruff_cache

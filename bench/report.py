@@ -1,0 +1,150 @@
+"""The results table (what | squall | baseline | ratio | target | met?) and BENCHMARKS.md."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+TITLE = "# Squall benchmarks"
+INTRO = ("Produced by `make bench` (`.venv/bin/python bench/run.py`); newest run first. Every "
+         "baseline is measured in the same run as Squall. Raw samples: `bench/results/*.json`.")
+
+Row = dict[str, Any]
+
+
+def _get(d: Any, *path: str) -> Any:
+    for key in path:
+        if not isinstance(d, dict) or key not in d:
+            return None
+        d = d[key]
+    return d
+
+
+def _row(what: str, squall: float | None, baseline: float | None, unit: str,
+         target: str = "", ok: bool | None = None, baseline_what: str = "") -> Row:
+    ratio = None
+    if squall is not None and baseline and not math.isnan(squall):
+        ratio = squall / baseline
+    return {"what": what, "squall": squall, "baseline": baseline, "baseline_what": baseline_what,
+            "unit": unit, "ratio": ratio, "target": target, "met": ok}
+
+
+def _le(v: float | None, limit: float) -> bool | None:
+    return None if v is None else v <= limit
+
+
+def build_rows(r: dict[str, Any]) -> list[Row]:
+    a, b, s = r["baseline_a"], r["baseline_b"], r.get("squall", {})
+    start = _get(b, "python_start", "p50")
+    fork = _get(b, "fork", "p50")
+    rows: list[Row] = [
+        _row("floor: fork of a warm Python to the child's first byte, p50", None, fork, "ms"),
+        _row("floor: fork p99", None, _get(b, "fork", "p99"), "ms"),
+        _row("floor: `python -I -S -c pass` p50", None, start, "ms"),
+    ]
+    cold50, cold99 = _get(s, "cold_hello", "p50"), _get(s, "cold_hello", "p99")
+    rows += [
+        _row("cold start hello p50", cold50, start, "ms", "<= 10 ms", _le(cold50, 10),
+             "python -I -S start"),
+        _row("cold start hello p99", cold99, _get(b, "python_start", "p99"), "ms", "<= 30 ms",
+             _le(cold99, 30),
+             "python -I -S start"),
+    ]
+    heavy = r.get("heavy_import")
+    np50 = _get(s, "cold_numpy", "p50")
+    if heavy is not None or np50 is not None:
+        hb = _get(heavy, "start", "p50")
+        rows += [
+            _row("cold start numpy+scipy p50", np50, hb, "ms", "<= 20 ms", _le(np50, 20),
+                 "fresh python importing them"),
+            _row("cold start numpy+scipy p99", _get(s, "cold_numpy", "p99"),
+                 _get(heavy, "start", "p99"), "ms",
+                 baseline_what="fresh python importing them"),
+        ]
+    rows.append(_row("first request of a never-invoked version p50",
+                     _get(s, "never_invoked", "p50"), start, "ms",
+                     baseline_what="python -I -S start"))
+    rows.append(_row("deploy of a new version (CLI, end to end) p50",
+                     _get(s, "never_invoked", "deploy", "p50"), None, "ms"))
+    w50, w99 = _get(s, "warm", "p50"), _get(s, "warm", "p99")
+    ratio50 = None if w50 is None else w50 / a["warm"]["p50"]
+    rows += [
+        _row("warm latency c=1 p50", w50, a["warm"]["p50"], "ms", "<= 6x baseline A",
+             None if ratio50 is None else ratio50 <= 6, "uvloop+httptools server"),
+        _row("warm latency c=1 p99", w99, a["warm"]["p99"], "ms",
+             baseline_what="uvloop+httptools server"),
+    ]
+    rps, base_rps = _get(s, "throughput", "rps"), _get(a, "wrk", "rps")
+    ok = None if rps is None or not base_rps else rps / base_rps >= 0.2
+    rows.append(_row("throughput c=32 (wrk)", rps, base_rps, "req/s", ">= 20% of baseline A", ok,
+                     "uvloop+httptools server"))
+    so = s.get("scale_out") or {}
+    if "total_ms" in so:
+        rows.append(_row(f"scale-out: 100 concurrent x 100 ms from zero ({so['ok']}/100 ok)",
+                         so["total_ms"], 100.0, "ms", baseline_what="one wave of 100 ms"))
+        rows.append(_row("scale-out: instances created", so.get("instances_created"), None, "n"))
+    for key, label in (("mem_hello", "hello"), ("mem_numpy", "numpy+scipy")):
+        m = s.get(key) or {}
+        if "uss_mb" in m:
+            floor = _get(b, "forked_child_mem", "uss_mb")
+            rows.append(_row(f"USS per warm idle instance, {label}", m["uss_mb"], floor, "MB",
+                             "<= 5 MB", _le(m["uss_mb"], 5), "idle fork of python -I -S"))
+            rows.append(_row(f"PSS per warm idle instance, {label}", m["pss_mb"], None, "MB"))
+            if key == "mem_hello" and m.get("fit_in_1gib"):
+                rows.append(_row("idle hello instances in 1 GiB (1024 / USS)",
+                                 m["fit_in_1gib"], None, "n"))
+    proc = r.get("squall_process") or {}
+    for key, label in (("cold_hello", "cold start p50"), ("warm", "warm c=1 p50")):
+        bw, pr = _get(s, key, "p50"), _get(proc, key, "p50")
+        if bw is not None and pr is not None:
+            rows.append(_row(f"sandbox {s.get('sandbox_actual')} vs {proc.get('sandbox_actual')}: "
+                             f"{label}", bw, pr, "ms",
+                             baseline_what="SQUALL_SANDBOX=process"))
+    return rows
+
+
+def _fmt(v: Any, unit: str = "") -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "—"
+    if isinstance(v, float):
+        text = f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.2f}" if abs(v) < 10 else f"{v:.1f}"
+    else:
+        text = str(v)
+    return f"{text} {unit}".strip()
+
+
+def table(rows: list[Row]) -> str:
+    lines = ["| what | squall | baseline | ratio | target | met? |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for row in rows:
+        base = _fmt(row["baseline"], row["unit"])
+        if row["baseline_what"] and row["baseline"] is not None:
+            base += f" ({row['baseline_what']})"
+        ratio = "—" if row["ratio"] is None else f"{row['ratio']:.2f}x"
+        met = {True: "yes", False: "**no**", None: "—"}[row["met"]]
+        lines.append(f"| {row['what']} | {_fmt(row['squall'], row['unit'])} | {base} | {ratio} "
+                     f"| {row['target'] or '—'} | {met} |")
+    return "\n".join(lines)
+
+
+def section(r: dict[str, Any], rows: list[Row], json_name: str, notes: list[str]) -> str:
+    m = r["machine"]
+    head = [f"## {r['date']}{' (quick)' if r['quick'] else ''}", "",
+            f"Machine: `{m['uname']}`, {m['cpu']}, {m['cores']} cores, {m['ram_gb']} GB RAM, "
+            f"Python {m['python']}. Sandbox: {_get(r, 'squall', 'sandbox_actual') or '—'}. "
+            f"Raw: `bench/results/{json_name}`.", "", table(rows), ""]
+    if notes:
+        head += [*(f"- {n}" for n in notes), ""]
+    return "\n".join(head)
+
+
+def write_benchmarks_md(path: Path, new_section: str) -> None:
+    """Insert the new section at the top, under the title; keep every older section."""
+    old = path.read_text() if path.exists() else ""
+    body = old
+    if old.startswith(TITLE):
+        body = old[len(TITLE):].lstrip("\n")
+        if body.startswith(INTRO):
+            body = body[len(INTRO):].lstrip("\n")
+    path.write_text(f"{TITLE}\n\n{INTRO}\n\n{new_section}\n{body}".rstrip("\n") + "\n")

@@ -1,0 +1,117 @@
+"""Squall's benchmark suite: `make bench` runs `.venv/bin/python bench/run.py`.
+
+Baselines and Squall are measured in the same run; the table goes to stdout and to the top of
+BENCHMARKS.md, the raw samples to bench/results/<timestamp>.json.
+
+  --quick          fewer samples, no numpy/scipy function (for CI)
+  --baselines-only skip everything that needs the platform
+  --no-write       print only; leave BENCHMARKS.md and bench/results alone
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import baselines  # noqa: E402
+import report  # noqa: E402
+import squall_bench  # noqa: E402
+from util import machine  # noqa: E402
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _squall(quick: bool, notes: list[str]) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    main: dict[str, Any] | None = None
+    for sandbox in ("bwrap", None):
+        try:
+            main = squall_bench.run_main(quick, sandbox, log)
+            break
+        except Exception as exc:
+            notes.append(f"platform with SQUALL_SANDBOX={sandbox or 'auto'} failed: {exc}")
+            log(f"  platform (sandbox={sandbox or 'auto'}) failed: {exc}")
+    if main is None:
+        return {"error": "the platform did not start"}, None
+    try:
+        proc = squall_bench.run_sandbox_only(quick, "process", log)
+    except Exception as exc:
+        notes.append(f"platform with SQUALL_SANDBOX=process failed: {exc}")
+        proc = None
+    return main, proc
+
+
+def _notes_from(r: dict[str, Any], notes: list[str]) -> None:
+    for run_key in ("squall", "squall_process"):
+        run = r.get(run_key) or {}
+        for key, value in run.items():
+            if isinstance(value, dict) and "error" in value:
+                notes.append(f"{run_key}.{key} failed: {value['error']}")
+    cold = (r.get("squall") or {}).get("cold_hello") or {}
+    if cold.get("distinct_instance_ids") is not None:
+        notes.append(f"cold start hello: {cold['distinct_instance_ids']} distinct instance ids "
+                     f"over {cold.get('n')} samples (each sample should be a new instance)")
+    if cold.get("cold_header_count") is not None:
+        notes.append(f"cold start hello: {cold['cold_header_count']}/{cold.get('n')} answers "
+                     f"carried X-Squall-Cold-Start: 1")
+    so = (r.get("squall") or {}).get("scale_out") or {}
+    if so.get("statuses"):
+        notes.append(f"scale-out statuses: {so['statuses']}; latency p50 "
+                     f"{so['latency']['p50']:.0f} ms, p99 {so['latency']['p99']:.0f} ms")
+    heavy = r.get("heavy_import")
+    if heavy:
+        notes.append(f"numpy+scipy: uv install into a fresh venv took {heavy['install_s']:.1f} s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--baselines-only", action="store_true")
+    ap.add_argument("--no-write", action="store_true")
+    args = ap.parse_args(argv)
+
+    now = dt.datetime.now(dt.UTC)
+    r: dict[str, Any] = {"date": now.strftime("%Y-%m-%d %H:%M UTC"), "quick": args.quick,
+                         "machine": machine()}
+    notes: list[str] = []
+    log("baseline A: uvloop + httptools server ...")
+    r["baseline_a"] = baselines.baseline_a(args.quick)
+    log("baseline B: fork and interpreter start ...")
+    r["baseline_b"] = baselines.baseline_b(args.quick)
+    if not args.quick:
+        log("baseline: fresh interpreter importing numpy + scipy ...")
+        r["heavy_import"] = baselines.heavy_import(
+            HERE / "functions/numpy_fn/requirements.txt",
+            "import numpy, scipy.linalg, scipy.stats", 10)
+    if not args.baselines_only:
+        r["squall"], r["squall_process"] = _squall(args.quick, notes)
+    _notes_from(r, notes)
+
+    rows = report.build_rows(r)
+    json_name = now.strftime("%Y%m%dT%H%M%SZ") + (".quick" if args.quick else "") + ".json"
+    print(report.table(rows))
+    for n in notes:
+        print(f"- {n}")
+    if not args.no_write:
+        results = HERE / "results"
+        results.mkdir(exist_ok=True)
+        (results / json_name).write_text(json.dumps(r | {"rows": rows, "notes": notes},
+                                                    indent=1, default=str))
+        report.write_benchmarks_md(HERE.parent / "BENCHMARKS.md",
+                                   report.section(r, rows, json_name, notes))
+        log(f"wrote BENCHMARKS.md and bench/results/{json_name}")
+    failed = any(isinstance(v, dict) and "error" in v for v in (r.get("squall") or {}).values())
+    return 1 if failed and not args.baselines_only else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

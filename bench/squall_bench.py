@@ -1,0 +1,186 @@
+"""The Squall measurements: cold starts, warm latency, throughput, scale-out, memory."""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+from baselines import warm_latency
+from platform_proc import Platform
+from util import smaps_rollup, summary, wait_for, wrk
+
+FUNCTIONS = Path(__file__).resolve().parent / "functions"
+INSTANCE_HEADER = "x-squall-instance-id"
+COLD_HEADER = "x-squall-cold-start"
+
+
+def cold_starts(p: Platform, name: str, n: int) -> dict[str, Any]:
+    """Scale to zero, then time one GET /fn/NAME over an already open gateway connection."""
+    conn = http.client.HTTPConnection("127.0.0.1", p.port, timeout=60)
+    samples: list[float] = []
+    ids: list[str] = []
+    colds = 0
+    try:
+        _get(conn, f"/fn/{name}")  # opens the connection and checks the function answers
+        for _ in range(n):
+            p.scale_to_zero(name)
+            t0 = time.perf_counter()
+            status, headers = _get(conn, f"/fn/{name}")
+            samples.append((time.perf_counter() - t0) * 1000.0)
+            if status != 200:
+                raise RuntimeError(f"cold GET /fn/{name} answered {status}")
+            ids.append(headers.get(INSTANCE_HEADER, ""))
+            colds += headers.get(COLD_HEADER, "") in ("1", "true")
+    finally:
+        conn.close()
+    distinct = len({i for i in ids if i})
+    return {"ms": samples, **summary(samples), "cold_header_count": colds,
+            "distinct_instance_ids": distinct if any(ids) else None}
+
+
+def _get(conn: http.client.HTTPConnection, path: str) -> tuple[int, dict[str, str]]:
+    conn.request("GET", path)
+    resp = conn.getresponse()
+    resp.read()
+    return resp.status, {k.lower(): v for k, v in resp.getheaders()}
+
+
+def never_invoked(p: Platform, n: int) -> dict[str, Any]:
+    """Deploy a new version (a changed comment), then time its first request."""
+    first: list[float] = []
+    deploys: list[float] = []
+    conn = http.client.HTTPConnection("127.0.0.1", p.port, timeout=120)
+    with tempfile.TemporaryDirectory(prefix="squall-bench-fresh-") as tmp:
+        try:
+            for i in range(n):
+                bundle = Path(tmp) / f"v{i}"
+                shutil.copytree(FUNCTIONS / "hello", bundle)
+                with open(bundle / "handler.py", "a") as f:
+                    f.write(f"\n# variant {i} {time.time_ns()}\n")
+                deploys.append(p.deploy(bundle, "fresh") * 1000.0)
+                t0 = time.perf_counter()
+                status, _ = _get(conn, "/fn/fresh")
+                first.append((time.perf_counter() - t0) * 1000.0)
+                if status != 200:
+                    raise RuntimeError(f"first GET /fn/fresh answered {status}")
+        finally:
+            conn.close()
+    return {"ms": first, **summary(first), "deploy_ms": deploys, "deploy": summary(deploys)}
+
+
+async def _burst(url: str, n: int) -> tuple[list[float], list[int], list[str]]:
+    limits = httpx.Limits(max_connections=n + 10, max_keepalive_connections=n + 10)
+    async with httpx.AsyncClient(limits=limits, timeout=120) as client:
+        async def one() -> tuple[float, int, str]:
+            t0 = time.perf_counter()
+            r = await client.get(url)
+            return (time.perf_counter() - t0) * 1000.0, r.status_code, \
+                r.headers.get(INSTANCE_HEADER, "")
+        results = await asyncio.gather(*(one() for _ in range(n)))
+    return [r[0] for r in results], [r[1] for r in results], [r[2] for r in results]
+
+
+def scale_out(p: Platform, n: int) -> dict[str, Any]:
+    """n concurrent requests to a 100 ms function that starts at zero instances."""
+    p.scale_to_zero("slow")
+    before = p.created_total("slow")
+    t0 = time.perf_counter()
+    lat, statuses, ids = asyncio.run(_burst(f"{p.url}/fn/slow", n))
+    total_ms = (time.perf_counter() - t0) * 1000.0
+    live = len(p.live_instances("slow"))
+    created = p.created_total("slow")
+    return {
+        "total_ms": total_ms, "latency": summary(lat), "ms": lat,
+        "ok": sum(1 for s in statuses if s == 200),
+        "statuses": sorted(set(statuses)),
+        "instances_after": live,
+        "instances_created": None if created is None or before is None else created - before,
+        "distinct_instance_ids": len({i for i in ids if i}) if any(ids) else None,
+    }
+
+
+def memory(p: Platform, name: str, count: int) -> dict[str, Any]:
+    """USS/PSS of `count` warm idle instances (held by min instances)."""
+    p.scale(name, {"min": count})
+    try:
+        wait_for(lambda: len(_with_pid(p, name)) >= count, 120, f"{count} warm {name} instances")
+        per = [smaps_rollup(int(i["pid"])) | {"pid": int(i["pid"])} for i in _with_pid(p, name)]
+    finally:
+        p.scale(name, {"min": 0})
+        p.scale_to_zero(name)
+    uss = [m["uss_mb"] for m in per]
+    pss = [m["pss_mb"] for m in per]
+    return {"instances": per, "uss_mb": summary(uss)["p50"], "pss_mb": summary(pss)["p50"],
+            "fit_in_1gib": int(1024 / summary(uss)["p50"]) if uss and min(uss) > 0 else None}
+
+
+def _with_pid(p: Platform, name: str) -> list[dict[str, Any]]:
+    return [i for i in p.live_instances(name) if i.get("pid")]
+
+
+def warm(p: Platform, name: str, n: int) -> dict[str, Any]:
+    lat = warm_latency("127.0.0.1", p.port, f"/fn/{name}", n)
+    return {"ms": lat, **summary(lat)}
+
+
+def throughput(p: Platform, name: str, quick: bool) -> dict[str, Any]:
+    return wrk(f"{p.url}/fn/{name}", duration_s=2 if quick else 5)
+
+
+def run_main(quick: bool, sandbox: str | None, log: Callable[[str], None]) -> dict[str, Any]:
+    """Everything on one platform process."""
+    out: dict[str, Any] = {"sandbox": sandbox or "auto"}
+    with Platform(sandbox) as p:
+        health = p.health()
+        out["sandbox_actual"] = health.get("sandbox")
+        out["sandbox_warnings"] = health.get("warnings")
+        out["deploy_hello_s"] = p.deploy(FUNCTIONS / "hello", "hello")
+        out["deploy_slow_s"] = p.deploy(FUNCTIONS / "slow", "slow")
+        steps: list[tuple[str, Callable[[], dict[str, Any]]]] = [
+            ("warm", lambda: warm(p, "hello", 300 if quick else 2000)),
+            ("throughput", lambda: throughput(p, "hello", quick)),
+            ("cold_hello", lambda: cold_starts(p, "hello", 15 if quick else 60)),
+            ("never_invoked", lambda: never_invoked(p, 3 if quick else 10)),
+            ("scale_out", lambda: scale_out(p, 100)),
+            ("mem_hello", lambda: memory(p, "hello", 3 if quick else 10)),
+        ]
+        if not quick:
+            def heavy() -> dict[str, Any]:
+                out["deploy_numpy_s"] = p.deploy(FUNCTIONS / "numpy_fn", "numpy_fn")
+                return cold_starts(p, "numpy_fn", 25)
+            steps += [("cold_numpy", heavy), ("mem_numpy", lambda: memory(p, "numpy_fn", 10))]
+        for key, fn in steps:
+            log(f"  squall[{out['sandbox']}]: {key} ...")
+            try:
+                out[key] = fn()
+            except Exception as exc:  # one broken measurement must not hide the others
+                out[key] = {"error": f"{type(exc).__name__}: {exc}"}
+                log(f"    FAILED: {out[key]['error']}")
+        out["platform_log_tail"] = p.log_tail(20)
+    return out
+
+
+def run_sandbox_only(quick: bool, sandbox: str, log: Callable[[str], None]) -> dict[str, Any]:
+    """Cold start and warm latency of hello on a platform with the given sandbox backend."""
+    out: dict[str, Any] = {"sandbox": sandbox}
+    with Platform(sandbox) as p:
+        out["sandbox_actual"] = p.health().get("sandbox")
+        p.deploy(FUNCTIONS / "hello", "hello")
+        steps: list[tuple[str, Callable[[], dict[str, Any]]]] = [
+            ("warm", lambda: warm(p, "hello", 300 if quick else 2000)),
+            ("cold_hello", lambda: cold_starts(p, "hello", 15 if quick else 60))]
+        for key, fn in steps:
+            log(f"  squall[{sandbox}]: {key} ...")
+            try:
+                out[key] = fn()
+            except Exception as exc:
+                out[key] = {"error": f"{type(exc).__name__}: {exc}"}
+                log(f"    FAILED: {out[key]['error']}")
+    return out

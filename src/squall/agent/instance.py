@@ -1,0 +1,186 @@
+"""The platform's side of one instance: its channel, its pid, the invocations in flight on it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import struct
+import time
+from collections.abc import Callable
+from typing import Any
+
+from squall.runtime.protocol import HEADER, MAX_FRAME, ProtocolError, decode, encode
+
+CRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+
+
+class InstanceDied(Exception):
+    """The instance's channel closed (crash, kill, OOM) while an invocation was in flight."""
+
+
+class Instance:
+    """One forked instance. Created by ``Zygote.fork``; owned by its version's pool."""
+
+    def __init__(self, instance_id: str, version_key: str, sock: socket.socket, pid: int,
+                 concurrency: int, on_exit: Callable[[Instance], None]) -> None:
+        self.id = instance_id
+        self.version_key = version_key
+        self.pid = pid
+        self.concurrency = concurrency
+        self.created_at = time.monotonic()
+        self.last_used = self.created_at
+        self.invocations = 0
+        self.inflight: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self.logs: dict[str, list[str]] = {}
+        self.dead = False
+        self.init_timing: Any = None  # agent.node.InitTiming of the cold start that made it
+        self._sock = sock
+        self._on_exit = on_exit
+        self._pidfd = -1
+        with contextlib.suppress(OSError):
+            self._pidfd = os.pidfd_open(pid)
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def attach(self) -> None:
+        """Wrap the channel in streams and start reading frames (after ``place``)."""
+        self._reader, self._writer = await asyncio.open_unix_connection(sock=self._sock)
+        self._task = asyncio.get_running_loop().create_task(self._read_loop())
+
+    @property
+    def spare(self) -> int:
+        return 0 if self.dead else self.concurrency - len(self.inflight)
+
+    async def invoke(self, request_id: str, event: Any, deadline_ms: float,
+                     ctx: dict[str, Any]) -> dict[str, Any]:
+        """Send one invocation and wait for its result frame (``res`` or ``err``).
+
+        Raises InstanceDied if the channel closes first. The caller enforces the timeout.
+        """
+        if self.dead or self._writer is None:
+            raise InstanceDied("instance is not running")
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self.inflight[request_id] = fut
+        self.logs[request_id] = []
+        self.invocations += 1
+        try:
+            self._writer.write(
+                encode({"t": "inv", "id": request_id, "ev": event, "dl": deadline_ms, "ctx": ctx})
+            )
+            return await fut
+        finally:
+            self.inflight.pop(request_id, None)
+            self.last_used = time.monotonic()
+
+    def take_logs(self, request_id: str) -> list[str]:
+        return self.logs.pop(request_id, [])
+
+    async def _read_loop(self) -> None:
+        assert self._reader is not None
+        try:
+            while True:
+                header = await self._reader.readexactly(HEADER.size)
+                (length,) = HEADER.unpack(header)
+                if length > MAX_FRAME:
+                    raise ProtocolError(f"frame of {length} bytes")
+                msg = decode(await self._reader.readexactly(length))
+                kind = msg["t"]
+                rid = msg.get("id", "")
+                if kind == "log":
+                    lines = self.logs.get(rid)
+                    if lines is not None:
+                        lines.append(str(msg.get("m", "")))
+                elif kind in ("res", "err"):
+                    fut = self.inflight.get(rid)
+                    if fut is not None and not fut.done():
+                        fut.set_result(msg)
+        except (asyncio.IncompleteReadError, ConnectionError, ProtocolError, OSError):
+            pass
+        finally:
+            self._mark_dead()
+
+    def _mark_dead(self) -> None:
+        if self.dead:
+            return
+        self.dead = True
+        for fut in self.inflight.values():
+            if not fut.done():
+                fut.set_exception(InstanceDied("instance exited"))
+        self._on_exit(self)
+
+    def kill(self) -> None:
+        """SIGKILL through the pidfd (never a recycled pid). Harmless when already dead."""
+        if self._pidfd >= 0:
+            with contextlib.suppress(ProcessLookupError, OSError):
+                signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
+        if self._writer is not None:
+            self._writer.close()
+
+    async def stop(self, grace_s: float) -> None:
+        """Close the channel (the runtime exits on EOF), wait up to ``grace_s``, then SIGKILL."""
+        if self._writer is not None and not self._writer.is_closing():
+            self._writer.close()
+        if self._pidfd >= 0 and not await self._wait_exit(grace_s):
+            with contextlib.suppress(ProcessLookupError, OSError):
+                signal.pidfd_send_signal(self._pidfd, signal.SIGTERM)
+            if not await self._wait_exit(grace_s):
+                self.kill()
+                await self._wait_exit(grace_s)
+        await self.close()
+
+    async def _wait_exit(self, timeout: float) -> bool:
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        fd = self._pidfd
+        loop.add_reader(fd, lambda: done.done() or done.set_result(None))
+        try:
+            await asyncio.wait_for(done, timeout)
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            loop.remove_reader(fd)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        self._mark_dead()
+        if self._writer is not None:
+            self._writer.close()
+        if self._pidfd >= 0:
+            os.close(self._pidfd)
+            self._pidfd = -1
+
+
+async def receive_hello(sock: socket.socket, timeout: float) -> int:
+    """Read the instance's hello frame and return its pid as the host sees it (SCM_CREDENTIALS).
+
+    The kernel translates the sender's pid into our pid namespace, which is how we learn the host
+    pid of a process forked inside a sandbox with its own pid namespace.
+    """
+    loop = asyncio.get_running_loop()
+    ready = loop.create_future()
+    loop.add_reader(sock.fileno(), lambda: ready.done() or ready.set_result(None))
+    try:
+        await asyncio.wait_for(ready, timeout)
+    finally:
+        loop.remove_reader(sock.fileno())
+    data, ancdata, _flags, _addr = sock.recvmsg(4096, socket.CMSG_SPACE(CRED.size))
+    if not data:
+        raise InstanceDied("instance exited before saying hello")
+    pid = -1
+    for level, kind, payload in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
+            pid = CRED.unpack(payload[: CRED.size])[0]
+    (length,) = HEADER.unpack(data[: HEADER.size])
+    msg = decode(data[HEADER.size : HEADER.size + length])
+    if msg.get("t") != "hello" or pid <= 0:
+        raise ProtocolError("instance did not start with a credentialed hello")
+    return pid

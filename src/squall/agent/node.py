@@ -1,0 +1,231 @@
+"""The node agent: zygotes and instance pools for every function version on this machine."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from squall.agent.instance import Instance
+from squall.agent.pool import Pool, PoolSpec
+from squall.agent.sandbox.api import Limits, Sandbox, SandboxBackend, SandboxSpec, Usage
+from squall.agent.zygote import Zygote, ZygoteConfig
+from squall.bundle.spec import FunctionConfig
+from squall.config import Settings
+from squall.errors import SandboxError
+
+log = logging.getLogger("squall.agent")
+
+
+@dataclass(frozen=True)
+class VersionSpec:
+    """Everything the agent needs to run one function version."""
+
+    namespace: str
+    function: str
+    version: int
+    sha256: str
+    code_dir: Path
+    dep_paths: list[Path]
+    config: FunctionConfig
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}-{self.function}-v{self.version}-{self.sha256[:12]}"
+
+
+@dataclass
+class InitTiming:
+    """Where a cold start's time went (ms): sandbox + zygote only when the zygote was built."""
+
+    sandbox_ms: float = 0.0
+    zygote_ms: float = 0.0
+    fork_ms: float = 0.0
+
+    @property
+    def total_ms(self) -> float:
+        return self.sandbox_ms + self.zygote_ms + self.fork_ms
+
+
+@dataclass
+class _Slot:
+    spec: VersionSpec
+    pool: Pool
+    sandbox: Sandbox
+    zygote: Zygote | None = None
+    zygote_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    last_used: float = field(default_factory=time.monotonic)
+
+
+class Agent:
+    def __init__(self, settings: Settings, backend: SandboxBackend) -> None:
+        self.settings = settings
+        self.backend = backend
+        self._slots: dict[str, _Slot] = {}
+        self._stopping: set[asyncio.Task[None]] = set()
+
+    # -- versions ---------------------------------------------------------------------------
+
+    def _slot(self, vs: VersionSpec) -> _Slot:
+        slot = self._slots.get(vs.key)
+        if slot is None:
+            cfg = vs.config
+            env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8",
+                   "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1",
+                   "SQUALL_FUNCTION_NAME": vs.function,
+                   "SQUALL_FUNCTION_VERSION": str(vs.version),
+                   "AWS_LAMBDA_FUNCTION_NAME": vs.function,
+                   "AWS_LAMBDA_FUNCTION_VERSION": str(vs.version),
+                   "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(cfg.memory_mb),
+                   **cfg.env}
+            limits = Limits(memory_mb=cfg.memory_mb, pids=self.settings.pids_limit,
+                            ephemeral_mb=cfg.ephemeral_mb, network=cfg.network,
+                            timeout_s=cfg.timeout_s)
+            from squall.agent.zygote import RUNTIME_PATHS
+
+            sandbox = self.backend.create(SandboxSpec(
+                key=vs.key, code_dir=vs.code_dir,
+                python_paths=[*vs.dep_paths, *RUNTIME_PATHS], env=env, limits=limits))
+            pool_spec = PoolSpec(max_instances=cfg.max_instances,
+                                 min_instances=cfg.min_instances, concurrency=cfg.concurrency,
+                                 keep_alive_s=cfg.keep_alive_s,
+                                 queue_wait_s=self.settings.queue_wait_s)
+            slot = _Slot(vs, Pool(vs.key, pool_spec, self._starter(vs)), sandbox)
+            self._slots[vs.key] = slot
+        return slot
+
+    def pool(self, vs: VersionSpec) -> Pool:
+        return self._slot(vs).pool
+
+    def _zygote_config(self, vs: VersionSpec) -> ZygoteConfig:
+        return ZygoteConfig(
+            handler=vs.config.handler, style=vs.config.style, dep_paths=vs.dep_paths,
+            static={"function_name": vs.function, "function_version": str(vs.version),
+                    "memory_limit_in_mb": vs.config.memory_mb,
+                    "invoked_function_arn":
+                        f"arn:squall:lambda:local:{vs.namespace}:function:{vs.function}",
+                    "log_stream_name": vs.key})
+
+    async def zygote(self, vs: VersionSpec) -> tuple[Zygote, InitTiming]:
+        """The running zygote of a version, built now if needed (timing says what was paid)."""
+        slot = self._slot(vs)
+        timing = InitTiming()
+        async with slot.zygote_lock:
+            if slot.zygote is None or slot.zygote.dead:
+                if slot.zygote is not None:
+                    log.warning("rebuilding zygote of %s", vs.key)
+                    await slot.zygote.stop()
+                z = Zygote(vs.key, slot.sandbox, self._zygote_config(vs), vs.code_dir)
+                await z.start()
+                slot.zygote = z
+                timing.zygote_ms = z.init_ms
+                timing.sandbox_ms = max(0.0, z.start_ms - z.init_ms)
+        slot.last_used = time.monotonic()
+        assert slot.zygote is not None
+        return slot.zygote, timing
+
+    def _starter(self, vs: VersionSpec) -> Any:
+        async def start(pool: Pool) -> Instance:
+            z, timing = await self.zygote(vs)
+            t0 = time.perf_counter()
+            iid = uuid.uuid4().hex[:12]
+            try:
+                inst = await z.fork(iid, pool.spec.concurrency, pool.on_exit)
+            except (SandboxError, EOFError, OSError, TimeoutError):
+                # The zygote died since we last used it: rebuild once and retry.
+                z.dead = True
+                z, timing = await self.zygote(vs)
+                t0 = time.perf_counter()
+                inst = await z.fork(iid, pool.spec.concurrency, pool.on_exit)
+            timing.fork_ms = (time.perf_counter() - t0) * 1000.0
+            inst.init_timing = timing
+            return inst
+
+        return start
+
+    def usage(self, vs: VersionSpec, instance_id: str) -> Usage:
+        return self._slot(vs).sandbox.usage(instance_id)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def _stop_later(self, slot: _Slot, insts: list[Instance]) -> None:
+        for inst in insts:
+            task = asyncio.get_running_loop().create_task(self._stop_instance(slot, inst))
+            self._stopping.add(task)
+            task.add_done_callback(self._stopping.discard)
+
+    async def _stop_instance(self, slot: _Slot, inst: Instance) -> None:
+        try:
+            await inst.stop(self.settings.instance_stop_grace_s)
+        finally:
+            slot.sandbox.release(inst.id)
+
+    def scale_to_zero(self, vs: VersionSpec) -> int:
+        """Stop every idle instance of a version now; keep its zygote."""
+        slot = self._slots.get(vs.key)
+        if slot is None:
+            return 0
+        idle = slot.pool.idle()
+        slot.pool.detach(idle)
+        self._stop_later(slot, idle)
+        return len(idle)
+
+    async def ensure_min(self, vs: VersionSpec, minimum: int) -> None:
+        pool = self.pool(vs)
+        pool.spec.min_instances = minimum
+        while pool.size < minimum:
+            await pool.grow()
+
+    async def retire(self, key: str) -> None:
+        """Stop a version's instances (in-flight ones finish first) and its zygote."""
+        slot = self._slots.pop(key, None)
+        if slot is None:
+            return
+        deadline = time.monotonic() + self.settings.shutdown_grace_s
+        while slot.pool.in_flight and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        insts = list(slot.pool.instances.values())
+        slot.pool.detach(insts)
+        await asyncio.gather(*(self._stop_instance(slot, i) for i in insts))
+        if slot.zygote is not None:
+            await slot.zygote.stop()
+        slot.sandbox.destroy()
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        out = []
+        for key, slot in self._slots.items():
+            for inst in slot.pool.instances.values():
+                out.append({"id": inst.id, "pid": inst.pid, "version": slot.spec.version,
+                            "function": slot.spec.function, "namespace": slot.spec.namespace,
+                            "key": key,
+                            "state": "busy" if slot.pool.reserved.get(inst.id) else "idle",
+                            "invocations": inst.invocations})
+        return out
+
+    def zygotes(self) -> list[dict[str, Any]]:
+        return [{"key": k, "function": s.spec.function, "version": s.spec.version,
+                 "pid": None if s.zygote is None or s.zygote._proc is None else s.zygote._proc.pid}
+                for k, s in self._slots.items() if s.zygote is not None and not s.zygote.dead]
+
+    async def run(self) -> None:
+        """Reaper: every second stop instances idle past their keep-alive."""
+        while True:
+            await asyncio.sleep(0.5)
+            now = time.monotonic()
+            for slot in list(self._slots.values()):
+                expired = slot.pool.expired(now)
+                if expired:
+                    slot.pool.detach(expired)
+                    self._stop_later(slot, expired)
+
+    async def shutdown(self) -> None:
+        for key in list(self._slots):
+            with contextlib.suppress(Exception):
+                await self.retire(key)
+        if self._stopping:
+            await asyncio.gather(*self._stopping, return_exceptions=True)

@@ -1,0 +1,197 @@
+"""The platform's side of a zygote: start it inside its sandbox, ask it to fork instances."""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import contextlib
+import json
+import logging
+import socket
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgpack
+
+import squall
+from squall.agent.instance import Instance, receive_hello
+from squall.agent.sandbox.api import Sandbox
+from squall.errors import HandlerError, SandboxError
+from squall.runtime.protocol import HEADER, ProtocolError, decode, encode
+
+log = logging.getLogger("squall.zygote")
+
+# The runtime needs only the squall package (for squall.runtime) and msgpack.
+RUNTIME_PATHS = sorted({Path(squall.__file__).parent.parent, Path(msgpack.__file__).parent.parent})
+
+BOOTSTRAP = (
+    "import sys,json;c=json.loads(sys.argv[1]);sys.path[:0]=c['boot'];"
+    "from squall.runtime.zygote import main;main()"
+)
+
+
+@dataclass(frozen=True)
+class ZygoteConfig:
+    handler: str
+    style: str
+    static: dict[str, Any]          # context fields: function_name, function_version, ...
+    dep_paths: list[Path] = field(default_factory=list)
+
+
+class Zygote:
+    """One zygote process. ``start`` once; ``fork`` many times; ``stop`` when the version goes.
+
+    A zygote that dies is ``dead``; its owner starts a new one on the next demand.
+    """
+
+    def __init__(self, key: str, sandbox: Sandbox, cfg: ZygoteConfig, code_dir: Path) -> None:
+        self.key = key
+        self.sandbox = sandbox
+        self.cfg = cfg
+        self.code_dir = code_dir
+        self.init_ms = 0.0
+        self.start_ms = 0.0
+        self.dead = False
+        self._proc: asyncio.subprocess.Process | None = None
+        self._ctrl: socket.socket | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._fork_lock = asyncio.Lock()
+        self._ctrl_writer: asyncio.StreamWriter | None = None
+        self.stderr_tail: list[str] = []
+
+    async def start(self, timeout_s: float = 120.0) -> None:
+        """Start the zygote and wait until it has imported the handler.
+
+        Raises HandlerError with the traceback when the import fails (this is deploy validation).
+        """
+        t0 = time.perf_counter()
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        mp = self.sandbox.map_path
+        config = {
+            "boot": [mp(p) for p in RUNTIME_PATHS],
+            "paths": [mp(self.code_dir), *(mp(p) for p in self.cfg.dep_paths)],
+            "code_dir": mp(self.code_dir),
+            "handler": self.cfg.handler,
+            "style": self.cfg.style,
+            "static": self.cfg.static,
+            "ctrl_fd": child.fileno(),
+        }
+        argv = [sys.executable, "-I", "-S", "-c", BOOTSTRAP, json.dumps(config)]
+        argv = self.sandbox.zygote_argv(argv, [child.fileno()])
+        try:
+            self._proc = await asyncio.create_subprocess_exec(
+                *argv, pass_fds=[child.fileno()], stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+                env=self.sandbox_env(), start_new_session=True,
+            )
+        except OSError as exc:
+            parent.close()
+            raise SandboxError(f"cannot start zygote: {exc}") from exc
+        finally:
+            child.close()
+        self._ctrl = parent
+        loop = asyncio.get_running_loop()
+        self._tasks.append(loop.create_task(self._drain_stderr()))
+        # Keep the writer referenced: a collected StreamWriter closes the transport under us.
+        reader, self._ctrl_writer = await asyncio.open_unix_connection(sock=parent.dup())
+        try:
+            first = await asyncio.wait_for(self._read(reader), timeout_s)
+        except (TimeoutError, asyncio.IncompleteReadError, ProtocolError) as exc:
+            await self.stop()
+            detail = "\n".join(self.stderr_tail[-20:])
+            reason = "timed out" if isinstance(exc, TimeoutError) else "exited"
+            raise HandlerError(
+                f"the function's runtime {reason} while importing the handler\n{detail}".rstrip()
+            ) from None
+        if first["t"] == "init_error":
+            await self.stop()
+            err = first["e"]
+            trace = "".join(err.get("stackTrace", []))
+            raise HandlerError(
+                f"cannot import handler '{self.cfg.handler}': "
+                f"{err.get('errorType')}: {err.get('errorMessage')}",
+                details={"errorType": err.get("errorType"), "stackTrace": trace},
+            )
+        self.init_ms = float(first.get("init_ms", 0.0))
+        self.start_ms = (time.perf_counter() - t0) * 1000.0
+        self._tasks.append(loop.create_task(self._watch(reader)))
+
+    def sandbox_env(self) -> dict[str, str]:
+        return dict(self.sandbox.spec.env)
+
+    async def _read(self, reader: asyncio.StreamReader) -> dict[str, Any]:
+        (length,) = HEADER.unpack(await reader.readexactly(HEADER.size))
+        return decode(await reader.readexactly(length))
+
+    async def _watch(self, reader: asyncio.StreamReader) -> None:
+        try:
+            while True:
+                await self._read(reader)  # "forked" acknowledgements; EOF means the zygote died
+        except (asyncio.IncompleteReadError, ConnectionError, ProtocolError, OSError) as exc:
+            self.dead = True
+            log.warning("zygote %s exited (%r)", self.key, exc)
+
+    async def _drain_stderr(self) -> None:
+        assert self._proc is not None and self._proc.stderr is not None
+        async for raw in self._proc.stderr:
+            line = raw.decode(errors="replace").rstrip()
+            self.stderr_tail = [*self.stderr_tail[-49:], line]
+            log.debug("[%s] %s", self.key, line)
+
+    async def fork(self, instance_id: str, concurrency: int,
+                   on_exit: Callable[[Instance], None]) -> Instance:
+        """Fork one instance, place it under its limits, and return it ready to invoke."""
+        if self.dead or self._ctrl is None:
+            raise SandboxError(f"zygote {self.key} is not running")
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        parent.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        try:
+            frame = encode({"t": "fork", "id": instance_id, "harden": self.sandbox.harden_opts()})
+            fds = array.array("i", [child.fileno()])
+            async with self._fork_lock:
+                self._ctrl.sendmsg([frame], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
+        except OSError as exc:
+            parent.close()
+            self.dead = True
+            raise SandboxError(f"zygote {self.key} is gone: {exc}") from exc
+        finally:
+            child.close()
+        try:
+            pid = await receive_hello(parent, timeout=10.0)
+        except BaseException:
+            parent.close()
+            raise
+        self.sandbox.place(instance_id, pid)
+        inst = Instance(instance_id, self.key, parent, pid, concurrency, on_exit)
+        await inst.attach()
+        return inst
+
+    async def stop(self, grace_s: float = 2.0) -> None:
+        """TERM, wait ``grace_s``, KILL. Harmless when already stopped."""
+        self.dead = True
+        if self._ctrl is not None:
+            self._ctrl.close()
+            self._ctrl = None
+        if self._ctrl_writer is not None:
+            self._ctrl_writer.close()
+            self._ctrl_writer = None
+        proc = self._proc
+        if proc is not None and proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.terminate()
+            try:
+                await asyncio.wait_for(proc.wait(), grace_s)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await proc.wait()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()

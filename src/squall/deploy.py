@@ -1,0 +1,154 @@
+"""Deploy: archive -> validated, content-addressed bundle -> dependencies -> import check -> version.
+
+Nothing is half-written: the bundle is unpacked into a staging dir and moved into place only when
+it is valid; the version row is written last, in one transaction; the previous version stays live
+until the new one has passed every check.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from squall.agent.node import Agent, VersionSpec
+from squall.bundle import archive
+from squall.bundle.deps import ensure_env, requirements_key
+from squall.bundle.spec import FunctionConfig, parse_config, validate_name
+from squall.config import Settings
+from squall.errors import FunctionNotFound, InvalidBundle, InvalidName
+from squall.registry import FunctionRecord, Registry
+from squall.store import functions as store_fn
+from squall.store import invocations as store_inv
+from squall.store import logs as store_logs
+
+log = logging.getLogger("squall.deploy")
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class DeployResult:
+    record: FunctionRecord
+    created: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        rec = self.record
+        return {"name": rec.name, "namespace": rec.namespace, "version": rec.version,
+                "sha256": rec.sha256, "created": self.created,
+                "config": rec.config.to_dict()}
+
+
+class Deployer:
+    def __init__(self, settings: Settings, registry: Registry, agent: Agent) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.agent = agent
+        self.staging_dir = settings.data_dir / "staging"
+        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+
+    async def deploy(self, payload: bytes, *, name: str | None = None,
+                     default_name: str | None = None, namespace: str = "default",
+                     progress: Progress = lambda _msg: None) -> DeployResult:
+        if name is not None:
+            validate_name(name)
+        self.staging_dir.mkdir(parents=True, exist_ok=True)
+        staging = self.staging_dir / uuid.uuid4().hex
+        try:
+            progress("unpacking bundle")
+            await asyncio.to_thread(
+                archive.unpack, payload, staging, max_bytes=self.settings.max_bundle_bytes,
+                max_files=self.settings.max_bundle_files)
+            config = _read_config(staging)
+            fn_name = name or config.name or default_name
+            if not fn_name:
+                raise InvalidName("no function name: pass --name, set `name` in squall.toml, "
+                                  "or deploy a folder (its name is used)")
+            fn_name = validate_name(fn_name)
+            async with self._locks.setdefault((namespace, fn_name), asyncio.Lock()):
+                return await self._deploy_staged(staging, config, fn_name, namespace, progress)
+        finally:
+            if staging.exists():
+                await asyncio.to_thread(shutil.rmtree, staging, True)
+
+    async def _deploy_staged(self, staging: Path, config: FunctionConfig, name: str,
+                             namespace: str, progress: Progress) -> DeployResult:
+        sha = await asyncio.to_thread(archive.tree_hash, staging)
+        latest = self.registry.get(name, namespace)
+        if latest is not None and latest.sha256 == sha:
+            progress(f"unchanged: {name} version {latest.version} has the same content")
+            return DeployResult(latest, False)
+        deps_key: str | None = None
+        dep_paths: list[Path] = []
+        req = staging / "requirements.txt"
+        if req.is_file():
+            content = req.read_bytes()
+            progress("installing requirements.txt")
+            site = await ensure_env(content, self.registry.envs_dir, progress)
+            deps_key = requirements_key(content)
+            dep_paths = [site]
+        bundle_dir = self.registry.bundles_dir / sha
+        if not bundle_dir.exists():
+            bundle_dir.parent.mkdir(parents=True, exist_ok=True)
+            staging.rename(bundle_dir)
+        progress(f"importing handler {config.handler}")
+        # Validation is the real thing: the new version's zygote, built in its sandbox, imports
+        # the handler. It stays up as the prewarmed zygote of the version (first request warm).
+        number = 1 if latest is None else latest.version + 1
+        probe = VersionSpec(namespace, name, number, sha, bundle_dir, dep_paths, config)
+        try:
+            await self.agent.zygote(probe)
+            row, created = await self.registry.db.run(
+                lambda c: store_fn.add_version(c, namespace, name, sha, config.to_dict(),
+                                               deps_key))
+        except BaseException:
+            await self.agent.retire(probe.key)
+            raise
+        rec = FunctionRecord.from_row(row)
+        await self.registry.set_latest(rec)
+        if latest is not None:
+            # The old version keeps serving what it has in flight, then goes.
+            await self.agent.retire(self.registry.version_spec(latest).key)
+        progress(f"deployed {name} version {rec.version}")
+        return DeployResult(rec, created)
+
+    async def remove(self, name: str, namespace: str = "default") -> FunctionRecord:
+        rec = self.registry.get(name, namespace)
+        if rec is None:
+            raise FunctionNotFound(f"function '{name}' does not exist")
+        async with self._locks.setdefault((namespace, name), asyncio.Lock()):
+            versions = await self.registry.db.run(
+                lambda c: store_fn.versions(c, namespace, name))
+            for row in versions:
+                vs = self.registry.version_spec(FunctionRecord.from_row(row))
+                await self.agent.retire(vs.key)
+
+            def delete(conn: Any) -> list[str]:
+                store_fn.delete_function(conn, namespace, name)
+                store_logs.delete_function(conn, namespace, name)
+                return [r.sha256 for r in versions if not store_fn.bundle_in_use(conn, r.sha256)]
+
+            unused = await self.registry.db.run(delete)
+            await self.registry.remove(rec)
+            for sha in unused:
+                await asyncio.to_thread(shutil.rmtree, self.registry.bundles_dir / sha, True)
+            _ = store_inv  # invocation records stay: they are the billing history
+        return rec
+
+
+def _read_config(staging: Path) -> FunctionConfig:
+    path = staging / "squall.toml"
+    if not path.exists():
+        return FunctionConfig()
+    if not path.is_file():
+        raise InvalidBundle("squall.toml is not a regular file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidBundle(f"squall.toml is not UTF-8: {exc}") from None
+    return parse_config(text)

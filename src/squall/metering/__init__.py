@@ -1,0 +1,1 @@
+"""Metering: billed milliseconds, GB-seconds and cost, from invocation records."""

@@ -1,0 +1,36 @@
+"""The running platform's parts, wired together once by the server (squall.server)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from squall.agent.node import Agent
+    from squall.config import Settings
+    from squall.deploy import Deployer
+    from squall.invoker.invoker import LocalInvoker
+    from squall.logs import LogSink
+    from squall.metering.recorder import Recorder
+    from squall.registry import Registry
+    from squall.store.db import Database
+
+
+@dataclass
+class Platform:
+    settings: Settings
+    db: Database
+    registry: Registry
+    agent: Agent
+    invoker: LocalInvoker
+    deployer: Deployer
+    recorder: Recorder
+    logs: LogSink
+    sandbox_backend: str
+    sandbox_warnings: list[str]
+    events: Any = None  # squall.events.service.EventService, when the events package is wired
+
+
+def platform_of(app_state: Any) -> Platform:
+    platform: Platform = app_state.platform
+    return platform
