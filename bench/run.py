@@ -62,6 +62,14 @@ def _notes_from(r: dict[str, Any], notes: list[str]) -> None:
     if cold.get("cold_header_count") is not None:
         notes.append(f"cold start hello: {cold['cold_header_count']}/{cold.get('n')} answers "
                      f"carried X-Squall-Cold-Start: 1")
+    for run_key, key in (("squall", "cold_hello"), ("squall", "cold_numpy"),
+                         ("squall_process", "cold_hello")):
+        run = r.get(run_key) or {}
+        init = (run.get(key) or {}).get("init")
+        if init:
+            parts = ", ".join(f"{k[:-3]} {v['p50']:.2f}" for k, v in init.items())
+            notes.append(f"{key} ({run.get('sandbox_actual')}): the platform's own init timing "
+                         f"p50 (ms): {parts}")
     so = (r.get("squall") or {}).get("scale_out") or {}
     if so.get("statuses"):
         notes.append(f"scale-out statuses: {so['statuses']}; latency p50 "

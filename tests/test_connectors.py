@@ -43,10 +43,10 @@ def require(kind: str) -> None:
 
 
 async def eventually(pred: Callable[[], Awaitable[bool]] | Callable[[], bool],
-                     what: str, timeout: float = DEADLINE_S) -> None:
+                     what: str, within_s: float = DEADLINE_S) -> None:
     """Poll a state predicate until true or the deadline (then fail saying what)."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    deadline = loop.time() + within_s
     while True:
         result = pred()
         if asyncio.iscoroutine(result):
@@ -171,7 +171,7 @@ class NatsBroker(Broker):
 
     async def all_acked(self) -> bool:
         info = await self.js.consumer_info(self.stream, f"squall-{self.trigger_id}")
-        return info.num_ack_pending == 0 and info.num_pending == 0
+        return bool(info.num_ack_pending == 0 and info.num_pending == 0)
 
     async def cleanup(self) -> None:
         with contextlib.suppress(Exception):
@@ -200,7 +200,7 @@ class AmqpBroker(Broker):
     async def all_acked(self) -> bool:
         # With the consumer gone, unacked messages are back to "ready": a count of 0 means acked.
         q = await self.channel.declare_queue(self.queue, passive=True)
-        return q.declaration_result.message_count == 0
+        return bool(q.declaration_result.message_count == 0)
 
     async def cleanup(self) -> None:
         with contextlib.suppress(Exception):
@@ -351,7 +351,7 @@ async def test_batch_size_gives_lists(broker: Broker) -> None:
     await eventually(broker.all_acked, "all messages acknowledged on the broker")
 
 
-UNREACHABLE = {
+UNREACHABLE: dict[str, dict[str, Any]] = {
     "redis": {"url": "redis://127.0.0.1:1/0", "stream": "s"},
     "nats": {"url": "nats://127.0.0.1:1", "stream": "S", "subject": "s"},
     "amqp": {"url": "amqp://guest:guest@127.0.0.1:1/", "queue": "q"},

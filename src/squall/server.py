@@ -6,7 +6,9 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import sys
+from types import FrameType
 from typing import Any
 
 import uvicorn
@@ -29,6 +31,17 @@ from squall.store import functions as store_fn
 from squall.store.db import Database
 
 log = logging.getLogger("squall")
+
+
+class _Server(uvicorn.Server):
+    """uvicorn re-raises a captured SIGTERM after serving, which would kill us before we stop
+    the instances; we take the signal as a request to shut down gracefully and exit 0."""
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.should_exit and sig == signal.SIGINT:
+            self.force_exit = True  # a second Ctrl-C: stop waiting for in-flight requests
+        else:
+            self.should_exit = True
 
 
 def choose_backend(setting: str) -> tuple[SandboxBackend, list[str]]:
@@ -91,7 +104,7 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
                             http="httptools", lifespan="off", log_level="warning",
                             access_log=False, timeout_graceful_shutdown=int(
                                 settings.shutdown_grace_s), backlog=4096)
-    server = uvicorn.Server(config)
+    server = _Server(config)
     try:
         async with asyncio.TaskGroup() as tg:
             background = [tg.create_task(platform.recorder.run()),

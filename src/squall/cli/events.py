@@ -15,7 +15,9 @@ def _ago(ts: Any) -> str:
     if not isinstance(ts, int | float):
         return "-"
     d = time.time() - ts
-    return f"{d:.0f}s ago" if d < 120 else f"{d / 60:.0f}m ago" if d < 7200 else f"{d / 3600:.0f}h ago"
+    if d < 120:
+        return f"{d:.0f}s ago"
+    return f"{d / 60:.0f}m ago" if d < 7200 else f"{d / 3600:.0f}h ago"
 
 
 @click.command("invocation")

@@ -108,8 +108,10 @@ class Worker:
         fn, ns, rid = row["function"], row["namespace"], row["id"]
         rec = svc.registry.get(fn, ns)
         if rec is None:
+            # A failed attempt, not an instant dead letter: at startup the registry may still be
+            # loading, and a function may be redeployed right after `rm`.
             err = error_dict(FunctionNotFound(f"function {fn!r} does not exist (removed?)"))
-            await self._dead_letter(row, err, "function_not_found", RetryPolicy())
+            await self._failed(row, err, RetryPolicy())
             return
         policy = RetryPolicy.from_config(rec.config.async_)
         if expired(policy, created_at=row["created_at"], now=svc.clock()):
@@ -127,10 +129,7 @@ class Worker:
             now = svc.clock()
             await svc.db.run(lambda c: queue.release(c, rid, now=now, next_attempt_at=now + wait))
             return
-        except FunctionNotFound as e:
-            await self._dead_letter(row, error_dict(e), "function_not_found", policy)
-            return
-        except SquallError as e:  # sandbox could not start, etc.: a failed attempt
+        except SquallError as e:  # function removed meanwhile, sandbox could not start, ...
             await self._failed(row, error_dict(e), policy)
             return
         if outcome.error is None:

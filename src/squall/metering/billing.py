@@ -54,7 +54,7 @@ def summarise(records: Iterable[dict[str, Any]], prices: Prices) -> list[dict[st
             "p50_ms": round(percentile(durations, 50), 3),
             "p99_ms": round(percentile(durations, 99), 3),
             "billed_ms": sum(int(r["billed_ms"]) for r in rows),
-            "gb_seconds": round(gbs, 9),
-            "cost": round(cost(len(rows), gbs, prices), 9),
+            "gb_seconds": round(gbs, 12),
+            "cost": round(cost(len(rows), gbs, prices), 12),
         })
     return out

@@ -37,6 +37,8 @@ PR_CAP_AMBIENT_CLEAR_ALL = 4
 CLONE_NEWNS = 0x00020000
 MS_NOSUID = 0x2
 MS_NODEV = 0x4
+MS_REC = 0x4000
+MS_SLAVE = 0x80000
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -76,7 +78,8 @@ def _bounding_caps() -> list[int]:
 
 
 # Read in the zygote (which imports this module) so instances do not open a file to learn it.
-_BOUNDING = _bounding_caps()
+# CAP_SETPCAP, which dropping needs, goes last.
+_BOUNDING = sorted(_bounding_caps(), key=lambda c: c == CAP_SETPCAP)
 PR_CAPBSET_READ = 23
 PR_GET_NO_NEW_PRIVS = 39
 
@@ -114,6 +117,11 @@ def private_tmp(size_mb: int, shm_mb: int = 0) -> None:
     not propagate back to the zygote or to siblings.
     """
     _check(_libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
+    if os.geteuid() == 0:
+        # Real root (no user namespace, e.g. a process sandbox): our namespace is not less
+        # privileged than the host's, so shared mounts stay shared; make them slaves so the
+        # tmpfs cannot propagate back. Inside bwrap (uid 993) this is already so, and skipped.
+        _check(_libc.mount(None, b"/", None, MS_REC | MS_SLAVE, None), "make / a slave")
     _mount_tmpfs("/tmp", size_mb)
     if shm_mb and os.path.isdir("/dev/shm"):
         _mount_tmpfs("/dev/shm", shm_mb)
@@ -121,8 +129,7 @@ def private_tmp(size_mb: int, shm_mb: int = 0) -> None:
 
 def drop_capabilities() -> None:
     """No capabilities left, and none an execve could give back."""
-    # CAP_SETPCAP (8), which dropping needs, goes last.
-    for cap in sorted(_BOUNDING, key=lambda c: c == CAP_SETPCAP):
+    for cap in _BOUNDING:
         if _libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
             if ctypes.get_errno() == errno.EPERM:
                 break  # no CAP_SETPCAP (an unprivileged sandbox): the set cannot be changed

@@ -104,8 +104,8 @@ def find_idempotent(conn: sqlite3.Connection, namespace: str, function: str,
 
 
 def _insert_event(conn: sqlite3.Connection, *, id: str, function: str, namespace: str,
-                  trigger: str, payload: str, now: float, source: str | None,
-                  idempotency_key: str | None) -> None:
+                  trigger: str, payload: str, now: float, source: str | None = None,
+                  idempotency_key: str | None = None) -> None:
     conn.execute(
         "INSERT INTO events (id, function, namespace, trigger, source, payload, status, attempts,"
         " idempotency_key, created_at, updated_at, next_attempt_at)"

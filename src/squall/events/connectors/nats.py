@@ -56,9 +56,6 @@ def parse_config(trigger_id: str, config: dict[str, Any]) -> dict[str, Any]:
     return cfg
 
 
-async def _quiet(_exc: Exception) -> None:
-    """error_cb: errors surface through the calls that fail; do not log them twice."""
-
 
 class NatsConnector(ReconnectingConnector):
     @staticmethod
@@ -69,8 +66,21 @@ class NatsConnector(ReconnectingConnector):
         cfg = parse_config(self.spec.id, self.spec.config)
         stream: str = cfg["stream"]
         source = f"{public_url(cfg['url']).rstrip('/')}/{stream}"
-        nc = await nats.connect(cfg["url"], allow_reconnect=False, connect_timeout=5,
-                                max_reconnect_attempts=0, error_cb=_quiet)
+        errors: list[Exception] = []
+
+        async def on_error(exc: Exception) -> None:
+            # Kept for the status detail (NoServersError alone says nothing); not logged twice.
+            errors.append(exc)
+
+        try:
+            # nats-py's initial connect loops forever with max_reconnect_attempts=0 (= no limit);
+            # 1 means two quick tries, after which our own backoff takes over.
+            nc = await nats.connect(cfg["url"], allow_reconnect=False, connect_timeout=5,
+                                    max_reconnect_attempts=1, reconnect_time_wait=0.1,
+                                    error_cb=on_error)
+        except nats.errors.NoServersError:
+            cause = errors[-1] if errors else None
+            raise ConnectionError(f"cannot connect to {public_url(cfg['url'])}: {cause}") from None
         try:
             js = nc.jetstream()
             if cfg["create_stream"]:

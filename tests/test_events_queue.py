@@ -1,0 +1,164 @@
+"""The durable queue's store functions on a real SQLite file, and the pure retry arithmetic."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from squall.events.retry import RetryPolicy, after_failure, backoff_s, expired
+from squall.store import queue
+from squall.store.db import Database
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Iterator[Database]:
+    d = Database(tmp_path / "squall.db")
+    d.open()
+    yield d
+    d.close()
+
+
+def put(conn: sqlite3.Connection, id: str, now: float = 100.0, key: str | None = None,
+        function: str = "f") -> tuple[str, bool]:
+    return queue.enqueue(conn, id=id, function=function, namespace="default", trigger="async",
+                         payload=json.dumps({"id": id}), now=now, idempotency_key=key)
+
+
+def test_enqueue_claim_succeed(db: Database) -> None:
+    def run(c: sqlite3.Connection) -> None:
+        assert put(c, "a") == ("a", True)
+        assert put(c, "b", now=101.0) == ("b", True)
+        assert queue.claim(c, now=99.0, limit=8, lease_s=30) == []  # nothing due yet
+        got = queue.claim(c, now=102.0, limit=1, lease_s=30)
+        assert [(r["id"], r["status"], r["attempts"]) for r in got] == [("a", "running", 1)]
+        assert [r["id"] for r in queue.claim(c, now=102.0, limit=8, lease_s=30)] == ["b"]
+        assert queue.claim(c, now=103.0, limit=8, lease_s=30) == []  # both leased
+        queue.succeed(c, "a", now=104.0, result={"ok": 1})
+        ev = queue.get_event(c, "a")
+        assert ev is not None
+        assert (ev["status"], json.loads(ev["result"]), ev["finished_at"]) == (
+            "succeeded", {"ok": 1}, 104.0)
+
+    db.run_sync(run)
+
+
+def test_lease_expiry_and_recover(db: Database) -> None:
+    def run(c: sqlite3.Connection) -> None:
+        put(c, "a")
+        put(c, "b")
+        queue.claim(c, now=100.0, limit=8, lease_s=30)
+        assert queue.next_due_at(c) == 130.0
+        # A delivery that outlived its lease is claimed again (at least once), attempt 2.
+        again = queue.claim(c, now=130.0, limit=1, lease_s=30)
+        assert [(r["id"], r["attempts"]) for r in again] == [("a", 2)]
+        # After a crash every running event is requeued at once, the interrupted attempt not
+        # charged: a has 1 attempt left on its record, b 0.
+        assert queue.recover(c, now=140.0) == 2
+        rows = {r["id"]: r for r in queue.claim(c, now=140.0, limit=8, lease_s=30)}
+        assert {k: r["attempts"] for k, r in rows.items()} == {"a": 2, "b": 1}
+
+    db.run_sync(run)
+
+
+def test_retry_dead_letter_redrive(db: Database) -> None:
+    err = {"errorType": "ValueError", "errorMessage": "boom", "stackTrace": []}
+
+    def run(c: sqlite3.Connection) -> None:
+        put(c, "a")
+        row = queue.claim(c, now=100.0, limit=1, lease_s=30)[0]
+        queue.retry_later(c, "a", now=101.0, error=err, next_attempt_at=105.0)
+        assert queue.event_status(c, "a") == "failed"
+        assert queue.claim(c, now=104.0, limit=1, lease_s=30) == []
+        row = queue.claim(c, now=105.0, limit=1, lease_s=30)[0]
+        assert row["attempts"] == 2
+        follow = {"id": "dest", "function": "g", "namespace": "default", "trigger": "async",
+                  "payload": "{}", "now": 106.0, "source": "destination:a"}
+        queue.dead_letter(c, row, dlq_id="d1", now=106.0, error=err, follow_up=follow)
+        assert queue.event_status(c, "a") == "dead_lettered"
+        assert queue.event_status(c, "dest") == "queued"  # same transaction
+        [dl] = queue.list_dead_letters(c, function="f")
+        assert (dl["id"], dl["request_id"], dl["attempts"]) == ("d1", "a", 2)
+        assert json.loads(dl["error"]) == err and json.loads(dl["payload"]) == {"id": "a"}
+
+        out = queue.redrive(c, "d1", new_id="a2", now=107.0)
+        assert out is not None and out["redrive_request_id"] == "a2"
+        assert queue.list_dead_letters(c, function="f") == []
+        assert len(queue.list_dead_letters(c, function="f", include_redriven=True)) == 1
+        again = queue.redrive(c, "d1", new_id="a3", now=108.0)  # already redriven: no-op
+        assert again is not None and again["redrive_request_id"] == "a2"
+        assert queue.get_event(c, "a3") is None
+        ev = queue.get_event(c, "a2")
+        assert ev is not None and (ev["status"], ev["attempts"]) == ("queued", 0)
+        assert queue.redrive(c, "nope", new_id="x", now=1.0) is None
+
+    db.run_sync(run)
+
+
+def test_idempotency_release_prune(db: Database) -> None:
+    def run(c: sqlite3.Connection) -> None:
+        assert put(c, "a", key="k1") == ("a", True)
+        assert put(c, "b", key="k1") == ("a", False)
+        assert put(c, "c", key="k1", function="other") == ("c", True)  # keys are per function
+        assert queue.get_event(c, "b") is None
+        queue.claim(c, now=100.0, limit=1, lease_s=30)
+        queue.release(c, "a", now=100.0, next_attempt_at=110.0)  # throttled: not charged
+        ev = queue.get_event(c, "a")
+        assert ev is not None and (ev["status"], ev["attempts"]) == ("queued", 0)
+        queue.claim(c, now=110.0, limit=8, lease_s=30)
+        queue.succeed(c, "a", now=111.0, result=None)
+        assert queue.prune(c, before=111.5) == 1
+        assert put(c, "d", key="k1") == ("d", True)  # the key went with the pruned event
+        assert [e["id"] for e in queue.list_events(c, function="f")] == ["d"]
+
+    db.run_sync(run)
+
+
+def test_survives_reopen(tmp_path: Path) -> None:
+    # A committed enqueue is in the file: a new connection (a restarted platform) sees it.
+    d = Database(tmp_path / "q.db")
+    d.open()
+    d.run_sync(lambda c: put(c, "a"))
+    d.close()
+    d2 = Database(tmp_path / "q.db")
+    d2.open()
+    assert d2.run_sync(lambda c: queue.event_status(c, "a")) == "queued"
+    d2.close()
+
+
+@pytest.mark.parametrize(("attempt", "rand", "expected"), [
+    (1, 0.5, 0.5),       # window [0, 1)
+    (2, 0.5, 1.0),       # [0, 2)
+    (5, 0.25, 4.0),      # [0, 16)
+    (10, 0.999, 299.7),  # 2**9 = 512 > cap 300
+    (200, 1.0, 300.0),   # no overflow for absurd attempts
+    (0, 0.5, 0.5),       # treated as attempt 1
+])
+def test_backoff_full_jitter(attempt: int, rand: float, expected: float) -> None:
+    assert backoff_s(attempt, rand=rand) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(("async_", "attempt", "now", "reason", "retry_at"), [
+    ({}, 1, 10.0, "retry", 10.5),
+    ({}, 2, 10.0, "retry", 11.0),
+    ({}, 3, 10.0, "retries_exhausted", None),          # default: 2 retries = 3 attempts
+    ({"max_retries": 0}, 1, 10.0, "retries_exhausted", None),
+    ({"max_event_age_s": 60}, 1, 59.8, "event_expired", None),  # 59.8 + 0.5 > 0 + 60
+    ({"max_event_age_s": 60}, 1, 59.0, "retry", 59.5),
+])
+def test_after_failure(async_: dict[str, Any], attempt: int, now: float, reason: str,
+                       retry_at: float | None) -> None:
+    policy = RetryPolicy.from_config(async_)
+    d = after_failure(policy, attempt=attempt, created_at=0.0, now=now, rand=0.5)
+    assert (d.reason, d.retry_at) == (reason, retry_at)
+
+
+def test_policy_from_config() -> None:
+    p = RetryPolicy.from_config({"max_retries": 5, "on_failure": "function:dlq-handler"})
+    assert (p.max_attempts, p.max_event_age_s, p.on_failure, p.on_success) == (
+        6, 21600.0, "function:dlq-handler", None)
+    assert expired(p, created_at=0, now=21600.5) and not expired(p, created_at=0, now=21600)
