@@ -54,7 +54,7 @@ def _notes_from(r: dict[str, Any], notes: list[str]) -> None:
         run = r.get(run_key) or {}
         for key, value in run.items():
             if isinstance(value, dict) and "error" in value:
-                notes.append(f"{run_key}.{key} failed: {value['error']}")
+                notes.append(f"{run_key}.{key} failed: {' '.join(str(value['error']).split())}")
     cold = (r.get("squall") or {}).get("cold_hello") or {}
     if cold.get("distinct_instance_ids") is not None:
         notes.append(f"cold start hello: {cold['distinct_instance_ids']} distinct instance ids "
@@ -63,7 +63,7 @@ def _notes_from(r: dict[str, Any], notes: list[str]) -> None:
         notes.append(f"cold start hello: {cold['cold_header_count']}/{cold.get('n')} answers "
                      f"carried X-Squall-Cold-Start: 1")
     for run_key, key in (("squall", "cold_hello"), ("squall", "cold_numpy"),
-                         ("squall_process", "cold_hello")):
+                         ("squall", "never_invoked"), ("squall_process", "cold_hello")):
         run = r.get(run_key) or {}
         init = (run.get(key) or {}).get("init")
         if init:

@@ -91,7 +91,8 @@ def never_invoked(p: Platform, n: int) -> dict[str, Any]:
                     raise RuntimeError(f"first GET /fn/fresh answered {status}")
         finally:
             conn.close()
-    return {"ms": first, **summary(first), "deploy_ms": deploys, "deploy": summary(deploys)}
+    return {"ms": first, **summary(first), "deploy_ms": deploys, "deploy": summary(deploys),
+            "init": init_breakdown(p, "fresh", n)}
 
 
 async def _burst(url: str, n: int) -> tuple[list[float], list[int], list[str]]:
@@ -172,9 +173,9 @@ def run_main(quick: bool, sandbox: str | None, log: Callable[[str], None]) -> di
         ]
         if not quick:
             def heavy() -> dict[str, Any]:
-                out["deploy_numpy_s"] = p.deploy(FUNCTIONS / "numpy_fn", "numpy_fn")
-                return cold_starts(p, "numpy_fn", 25)
-            steps += [("cold_numpy", heavy), ("mem_numpy", lambda: memory(p, "numpy_fn", 10))]
+                out["deploy_numpy_s"] = p.deploy(FUNCTIONS / "numpy_fn", "numpy-fn")
+                return cold_starts(p, "numpy-fn", 25)
+            steps += [("cold_numpy", heavy), ("mem_numpy", lambda: memory(p, "numpy-fn", 10))]
         for key, fn in steps:
             log(f"  squall[{out['sandbox']}]: {key} ...")
             try:

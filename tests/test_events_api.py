@@ -224,3 +224,107 @@ def test_triggers_api_and_cli(platform: PlatformProc, make_fn: Callable[..., Pat
     assert [t["name"] for t in platform.http.get(base).json()["triggers"]] == ["tfn"]
     platform.http.delete("/api/v1/functions/tfn")
     assert platform.http.get("/api/v1/triggers").json()["triggers"] == []
+
+
+def test_connector_triggers_managed(platform: PlatformProc, make_fn: Callable[..., Path]) -> None:
+    """The trigger manager runs connectors: Redis Streams delivers (and dead-letters what always
+    fails); an unreachable broker only shows as an error status, the platform keeps serving."""
+    import socket
+    import uuid
+
+    import pytest
+    import redis
+
+    try:
+        socket.create_connection(("127.0.0.1", 6379), timeout=2).close()
+    except OSError:
+        pytest.skip("Redis is not reachable on 127.0.0.1:6379")
+    platform.deploy(make_fn("consumer", """
+        def handler(event, context):
+            if event["data"].get("poison"):
+                raise ValueError("poison message")
+            print("got", event["data"]["n"])  # stream entry fields arrive as strings
+            return int(event["data"]["n"])
+    """, "[async]\nmax_retries = 1\n"))
+    stream = f"squall-test-{uuid.uuid4().hex[:8]}"
+    r = platform.http.post("/api/v1/functions/consumer/triggers",
+                           json={"type": "redis", "config": {"stream": stream, "start": "0"}})
+    assert r.status_code == 201, r.text
+    bad = platform.http.post("/api/v1/functions/consumer/triggers", json={
+        "type": "amqp", "name": "nowhere",
+        "config": {"url": "amqp://guest:guest@127.0.0.1:1/", "queue": "q"}})
+    assert bad.status_code == 201, bad.text  # created; the status tells what is wrong
+
+    client = redis.Redis()
+    try:
+        for n in range(3):
+            client.xadd(stream, {"n": str(n)})
+        client.xadd(stream, {"poison": "yes"})
+
+        def logs() -> str:
+            text: str = platform.http.get("/api/v1/functions/consumer/logs").text
+            return text if all(f"got {n}" in text for n in range(3)) else ""
+
+        wait_for(logs, timeout=30, message="three redis messages")
+        letters = wait_for(lambda: platform.http.get(
+            "/api/v1/dlq", params={"function": "consumer"}).json()["dead_letters"],
+            timeout=30, message="the poison message in the dead letters")
+        assert letters[0]["trigger"] == "redis" and letters[0]["attempts"] == 2
+        assert letters[0]["error"]["errorMessage"] == "poison message"
+        assert letters[0]["event"]["data"] == {"poison": "yes"}
+
+        def status(name: str) -> dict[str, Any]:
+            ts = platform.http.get("/api/v1/functions/consumer/triggers").json()["triggers"]
+            st: dict[str, Any] = next(t for t in ts if t["name"] == name)["status"]
+            return st
+
+        assert status("redis-1")["state"] == "running"
+        assert status("redis-1")["last_error"] is not None
+        wait_for(lambda: status("nowhere")["state"] == "error", timeout=30,
+                 message="the amqp trigger's error status")
+        assert "error" in platform.cli("trigger", "ls", "consumer").stdout
+        assert platform.invoke("consumer", {"data": {"n": "9"}}).json() == 9  # still serving
+    finally:
+        client.delete(stream)
+        client.close()
+
+
+def test_destination_url(platform: PlatformProc, make_fn: Callable[..., Path]) -> None:
+    import http.server
+    import threading
+
+    received: list[dict[str, Any]] = []
+
+    class Sink(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            received.append(json.loads(self.rfile.read(int(self.headers["content-length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Sink)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+        platform.deploy(make_fn("tourl", FLAKY, f"""
+            max_instances = 1
+            [async]
+            max_retries = 0
+            on_success = "{url}"
+            on_failure = "{url}"
+        """))
+        ok = submit(platform, "tourl", {"x": "hi"})
+        bad = submit(platform, "tourl", {"fail_times": 5})
+        wait_for(lambda: len(received) == 2, message="two destination POSTs")
+        got = {r["request_id"]: r for r in received}
+        assert got[ok] == {"request_id": ok, "function": "tourl", "status": "succeeded",
+                           "attempts": 1, "result": {"attempt": 1, "echo": "hi"}}
+        assert got[bad]["status"] == "dead_lettered" and "result" not in got[bad]
+        assert got[bad]["error"]["errorMessage"] == "planned failure 1"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()

@@ -125,6 +125,10 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
             for task in background:
                 task.cancel()
     finally:
+        close = getattr(platform.agent.backend, "close", None)
+        if close is not None:
+            with contextlib.suppress(Exception):
+                close()
         with contextlib.suppress(Exception):
             platform.db.close()
     print("squall: stopped", file=sys.stderr, flush=True)

@@ -154,6 +154,7 @@ class Scheduler:
         self.changed = asyncio.Event()  # set by the trigger manager when schedules change
         self._seen: set[str] = set()
         self._schedules: dict[str, tuple[dict[str, Any], Schedule]] = {}
+        self.passes = 0  # completed evaluation passes (observability; tests wait on it)
 
     async def run(self) -> None:
         while True:
@@ -176,6 +177,7 @@ class Scheduler:
                     log.exception("schedule %s failed", t["id"])
                     self.svc.triggers.set_status(t["id"], "error", f"{type(e).__name__}: {e}")
                 wake_at = min(wake_at, next_tick(s, now))
+            self.passes += 1
             delay = max(0.0, wake_at - self.svc.clock())
             try:
                 await asyncio.wait_for(self.changed.wait(), delay)

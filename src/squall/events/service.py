@@ -222,6 +222,8 @@ def _sync_invocation(conn: Any, request_id: str) -> dict[str, Any] | None:
     out = dict(got)
     out.setdefault("request_id", request_id)
     out.setdefault("async", False)
+    out.setdefault("attempts", 1)
+    out.setdefault("final", True)
     return out
 
 

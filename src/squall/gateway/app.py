@@ -9,6 +9,7 @@ from typing import Any
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from squall.api.errors import error_body, error_headers
+from squall.bundle.spec import validate_name
 from squall.errors import InvalidName, PayloadTooLarge, SquallError
 from squall.gateway.apigw import build_event, to_response
 from squall.platform import Platform
@@ -45,6 +46,7 @@ class Gateway:
         name, _, sub = rest.partition("/")
         if not name:
             raise InvalidName("no function name in the path: use /fn/<name>/...")
+        validate_name(name)
         body = await self._body(receive, scope)
         client = scope.get("client") or ("", 0)
         event = build_event(

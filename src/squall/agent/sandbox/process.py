@@ -29,7 +29,10 @@ class ProcessSandbox:
         # Address-space limits are a poor stand-in for a memory cgroup (they count mappings, not
         # pages), so give 2x headroom plus a fixed allowance for the interpreter's own mappings.
         address_space = (limits.memory_mb * 2 + 512) * 1024 * 1024
-        return {"rlimits": {"RLIMIT_AS": address_space}}
+        # No namespaces here, but the instance still gives up every capability and the dangerous
+        # syscalls (mount, unshare, ptrace, ...): a root platform must not lend root to functions.
+        return {"rlimits": {"RLIMIT_AS": address_space, "RLIMIT_NPROC": 4096},
+                "drop_caps": True, "no_new_privs": True, "seccomp": True}
 
     def place(self, instance_id: str, pid: int) -> None:
         return None
