@@ -57,7 +57,7 @@ class PlatformProc:
         return self.proc.pid
 
     def start(self) -> None:
-        log = open(self.log_path, "ab")  # noqa: SIM115 - kept open for the child's lifetime
+        log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [SQUALL, "up", "--port", str(self.port), "--data-dir", str(self.data_dir)],
             env=self.env, stdout=log, stderr=subprocess.STDOUT)

@@ -34,6 +34,11 @@ class Settings:
     shutdown_grace_s: float = 30.0
     instance_stop_grace_s: float = 2.0
     zygote_memory_budget_mb: int = 2048
+    # async invocation: concurrent deliveries, lease before a claimed event is redelivered,
+    # how long finished events (and their idempotency keys) are kept
+    async_workers: int = 8
+    async_lease_s: float = 960.0
+    async_retention_s: float = 7 * 86400.0
     prices: Prices = field(default_factory=Prices)
 
     @classmethod

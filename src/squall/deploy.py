@@ -1,4 +1,4 @@
-"""Deploy: archive -> validated, content-addressed bundle -> dependencies -> import check -> version.
+"""Deploy: archive -> validated, content-addressed bundle -> dependencies -> import -> version.
 
 Nothing is half-written: the bundle is unpacked into a staging dir and moved into place only when
 it is valid; the version row is written last, in one transaction; the previous version stays live
@@ -65,6 +65,10 @@ class Deployer:
                 archive.unpack, payload, staging, max_bytes=self.settings.max_bundle_bytes,
                 max_files=self.settings.max_bundle_files)
             config = _read_config(staging)
+            if config.triggers:
+                from squall.events.triggers import validate_declared
+
+                validate_declared(config.triggers)  # a bad [[triggers]] fails the deploy (400)
             fn_name = name or config.name or default_name
             if not fn_name:
                 raise InvalidName("no function name: pass --name, set `name` in squall.toml, "
@@ -86,16 +90,14 @@ class Deployer:
         deps_key: str | None = None
         dep_paths: list[Path] = []
         req = staging / "requirements.txt"
-        if req.is_file():
-            content = req.read_bytes()
+        content = await asyncio.to_thread(_read_if_file, req)
+        if content is not None:
             progress("installing requirements.txt")
             site = await ensure_env(content, self.registry.envs_dir, progress)
             deps_key = requirements_key(content)
             dep_paths = [site]
         bundle_dir = self.registry.bundles_dir / sha
-        if not bundle_dir.exists():
-            bundle_dir.parent.mkdir(parents=True, exist_ok=True)
-            staging.rename(bundle_dir)
+        await asyncio.to_thread(_move_into_place, staging, bundle_dir)
         progress(f"importing handler {config.handler}")
         # Validation is the real thing: the new version's zygote, built in its sandbox, imports
         # the handler. It stays up as the prewarmed zygote of the version (first request warm).
@@ -152,3 +154,14 @@ def _read_config(staging: Path) -> FunctionConfig:
     except UnicodeDecodeError as exc:
         raise InvalidBundle(f"squall.toml is not UTF-8: {exc}") from None
     return parse_config(text)
+
+
+def _read_if_file(path: Path) -> bytes | None:
+    return path.read_bytes() if path.is_file() else None
+
+
+def _move_into_place(staging: Path, bundle_dir: Path) -> None:
+    """Content-addressed: a bundle dir that exists already holds exactly this content."""
+    if not bundle_dir.exists():
+        bundle_dir.parent.mkdir(parents=True, exist_ok=True)
+        staging.rename(bundle_dir)

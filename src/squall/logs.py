@@ -16,8 +16,20 @@ class LogSink:
     """``append`` is cheap and never blocks; ``run`` (a task) writes batches to the store."""
 
     def __init__(self, db: Database, keep_per_function: int) -> None:
+        # Trimming walks `keep` index entries, so it runs once a function has written another
+        # tenth of its bound (keep 10,000 -> trim every 1,000 lines; at most 11,000 are held).
+        since_trim: dict[tuple[str, str], int] = {}
+        trim_every = max(1, keep_per_function // 10)
+
         def write(conn: sqlite3.Connection, rows: list[LogRow]) -> None:
-            store_logs.append_many(conn, rows, keep_per_function)
+            due: set[tuple[str, str]] = set()
+            for row in rows:
+                key = (row[0], row[1])
+                since_trim[key] = since_trim.get(key, 0) + 1
+                if since_trim[key] >= trim_every:
+                    due.add(key)
+                    since_trim[key] = 0
+            store_logs.append_many(conn, rows, keep_per_function, trim=due)
 
         self._batch: BatchWriter[LogRow] = BatchWriter(db, write)
 

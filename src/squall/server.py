@@ -110,9 +110,9 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
             background = [tg.create_task(platform.recorder.run()),
                           tg.create_task(platform.logs.run()),
                           tg.create_task(platform.agent.run())]
-            if platform.events is not None:
-                background.append(tg.create_task(platform.events.run()))
             await _startup(platform)
+            if platform.events is not None:  # after the registry is loaded
+                background.append(tg.create_task(platform.events.run()))
             print(f"squall: serving on http://{settings.host}:{settings.port} "
                   f"(data dir {settings.data_dir}, sandbox {platform.sandbox_backend}, "
                   f"pid {os.getpid()})", file=sys.stderr, flush=True)

@@ -17,6 +17,11 @@ from squall.runtime.protocol import HEADER, MAX_FRAME, ProtocolError, decode, en
 CRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
 
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
 class InstanceDied(Exception):
     """The instance's channel closed (crash, kill, OOM) while an invocation was in flight."""
 
@@ -132,13 +137,13 @@ class Instance:
                 await self._wait_exit(grace_s)
         await self.close()
 
-    async def _wait_exit(self, timeout: float) -> bool:
+    async def _wait_exit(self, wait_s: float) -> bool:
         loop = asyncio.get_running_loop()
         done = loop.create_future()
         fd = self._pidfd
-        loop.add_reader(fd, lambda: done.done() or done.set_result(None))
+        loop.add_reader(fd, _resolve, done)
         try:
-            await asyncio.wait_for(done, timeout)
+            await asyncio.wait_for(done, wait_s)
             return True
         except TimeoutError:
             return False
@@ -159,7 +164,7 @@ class Instance:
             self._pidfd = -1
 
 
-async def receive_hello(sock: socket.socket, timeout: float) -> int:
+async def receive_hello(sock: socket.socket, wait_s: float) -> int:
     """Read the instance's hello frame and return its pid as the host sees it (SCM_CREDENTIALS).
 
     The kernel translates the sender's pid into our pid namespace, which is how we learn the host
@@ -167,9 +172,9 @@ async def receive_hello(sock: socket.socket, timeout: float) -> int:
     """
     loop = asyncio.get_running_loop()
     ready = loop.create_future()
-    loop.add_reader(sock.fileno(), lambda: ready.done() or ready.set_result(None))
+    loop.add_reader(sock.fileno(), _resolve, ready)
     try:
-        await asyncio.wait_for(ready, timeout)
+        await asyncio.wait_for(ready, wait_s)
     finally:
         loop.remove_reader(sock.fileno())
     data, ancdata, _flags, _addr = sock.recvmsg(4096, socket.CMSG_SPACE(CRED.size))

@@ -18,6 +18,13 @@ from squall.agent.zygote import Zygote, ZygoteConfig
 from squall.bundle.spec import FunctionConfig
 from squall.config import Settings
 from squall.errors import SandboxError
+from squall.scaling.autoscaler import (
+    ConcurrencyWindow,
+    Decision,
+    ScalingSpec,
+    ScalingState,
+    decide,
+)
 
 log = logging.getLogger("squall.agent")
 
@@ -60,6 +67,11 @@ class _Slot:
     zygote: Zygote | None = None
     zygote_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     last_used: float = field(default_factory=time.monotonic)
+    window: ConcurrencyWindow = field(default_factory=ConcurrencyWindow)
+    scaling: ScalingState = field(default_factory=ScalingState)
+    decision: Decision | None = None
+    decided_at: float = 0.0
+    growing: int = 0
 
 
 class Agent:
@@ -96,6 +108,8 @@ class Agent:
                                  keep_alive_s=cfg.keep_alive_s,
                                  queue_wait_s=self.settings.queue_wait_s)
             slot = _Slot(vs, Pool(vs.key, pool_spec, self._starter(vs)), sandbox)
+            window = slot.window
+            slot.pool.observer = lambda n: window.record(time.monotonic(), n)
             self._slots[vs.key] = slot
         return slot
 
@@ -173,6 +187,10 @@ class Agent:
         idle = slot.pool.idle()
         slot.pool.detach(idle)
         self._stop_later(slot, idle)
+        # Forget the observed load, or the autoscaler would prewarm right back.
+        slot.window = ConcurrencyWindow()
+        slot.pool.observer = lambda n: slot.window.record(time.monotonic(), n)
+        slot.scaling = ScalingState()
         return len(idle)
 
     async def ensure_min(self, vs: VersionSpec, minimum: int) -> None:
@@ -186,9 +204,7 @@ class Agent:
         slot = self._slots.pop(key, None)
         if slot is None:
             return
-        deadline = time.monotonic() + self.settings.shutdown_grace_s
-        while slot.pool.in_flight and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+        await slot.pool.drain(self.settings.shutdown_grace_s)
         insts = list(slot.pool.instances.values())
         slot.pool.detach(insts)
         await asyncio.gather(*(self._stop_instance(slot, i) for i in insts))
@@ -209,19 +225,86 @@ class Agent:
 
     def zygotes(self) -> list[dict[str, Any]]:
         return [{"key": k, "function": s.spec.function, "version": s.spec.version,
-                 "pid": None if s.zygote is None or s.zygote._proc is None else s.zygote._proc.pid}
+                 "pid": s.zygote.pid}
                 for k, s in self._slots.items() if s.zygote is not None and not s.zygote.dead]
 
     async def run(self) -> None:
-        """Reaper: every second stop instances idle past their keep-alive."""
+        """Every 0.5 s: stop instances idle past their keep-alive, apply the autoscaler, and
+        keep the zygotes within their memory budget."""
+        ticks = 0
         while True:
             await asyncio.sleep(0.5)
+            ticks += 1
             now = time.monotonic()
             for slot in list(self._slots.values()):
                 expired = slot.pool.expired(now)
                 if expired:
                     slot.pool.detach(expired)
                     self._stop_later(slot, expired)
+                self._autoscale(slot, now)
+            if ticks % 10 == 0:
+                await self._trim_zygotes()
+
+    def _autoscale(self, slot: _Slot, now: float) -> None:
+        """Prewarm instances ahead of rising load (scale-down is the keep-alive's job).
+
+        Only a version that has served a request within its keep-alive counts as active:
+        otherwise the 60 s stable window would bring back instances the keep-alive just reaped.
+        """
+        cfg = slot.spec.config
+        spec = ScalingSpec(target_concurrency_per_instance=cfg.concurrency,
+                           min_instances=slot.pool.spec.min_instances,
+                           max_instances=cfg.max_instances,
+                           scale_to_zero_grace_s=cfg.keep_alive_s)
+        ready = slot.pool.size
+        decision = decide(spec, slot.window.stats(now, spec), ready, slot.scaling, now)
+        slot.scaling = decision.state
+        if slot.decision is None or slot.decision.desired != decision.desired:
+            log.info("autoscaler %s: desired %d (ready %d): %s", slot.spec.key,
+                     decision.desired, ready, decision.reason)
+        slot.decision, slot.decided_at = decision, time.time()
+        last = decision.state.last_request_at
+        active = last is not None and now - last < cfg.keep_alive_s
+        missing = decision.desired - ready - slot.growing
+        if active and missing > 0 and slot.zygote is not None and not slot.zygote.dead:
+            for _ in range(missing):
+                task = asyncio.get_running_loop().create_task(self._prewarm(slot))
+                self._stopping.add(task)
+                task.add_done_callback(self._stopping.discard)
+
+    async def _prewarm(self, slot: _Slot) -> None:
+        slot.growing += 1
+        try:
+            if slot.pool.size < slot.pool.spec.max_instances:
+                await slot.pool.grow()
+        except Exception:  # a failed prewarm is retried on the next decision
+            log.exception("prewarm of %s failed", slot.spec.key)
+        finally:
+            slot.growing -= 1
+
+    def scaling_status(self, vs: VersionSpec) -> dict[str, Any]:
+        slot = self._slot(vs)
+        d = slot.decision
+        return {"key": vs.key, "ready": slot.pool.size, "in_flight": slot.pool.in_flight,
+                "desired": None if d is None else d.desired,
+                "reason": None if d is None else d.reason,
+                "panic": False if d is None else d.panic, "decided_at": slot.decided_at}
+
+    async def _trim_zygotes(self) -> None:
+        """Stop the least recently used zygotes without instances while over the budget."""
+        budget = self.settings.zygote_memory_budget_mb * 1024 * 1024
+        live = [s for s in self._slots.values() if s.zygote is not None and not s.zygote.dead]
+        sizes = {s.spec.key: _rss(s.zygote.pid) for s in live if s.zygote is not None}
+        total = sum(sizes.values())
+        for slot in sorted(live, key=lambda s: s.last_used):
+            if total <= budget:
+                break
+            if slot.pool.instances or slot.zygote is None:
+                continue
+            log.info("zygote budget: stopping the zygote of %s", slot.spec.key)
+            total -= sizes.get(slot.spec.key, 0)
+            await slot.zygote.stop()
+            slot.zygote = None
 
     async def shutdown(self) -> None:
         for key in list(self._slots):
@@ -229,3 +312,16 @@ class Agent:
                 await self.retire(key)
         if self._stopping:
             await asyncio.gather(*self._stopping, return_exceptions=True)
+
+
+def _rss(pid: int | None) -> int:
+    if pid is None:
+        return 0
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return 0
+    return 0

@@ -42,7 +42,10 @@ class Pool:
         self._start = start
         self._clock = clock
         self._waiters: deque[asyncio.Future[None]] = deque()
-        self._stopping: set[asyncio.Task[None]] = set()
+        # called with the in-flight count on every change (the autoscaler's observations)
+        self.observer: Callable[[int], None] | None = None
+        self._drained = asyncio.Event()
+        self._drained.set()
 
     @property
     def size(self) -> int:
@@ -67,11 +70,11 @@ class Pool:
         while True:
             inst = self._pick()
             if inst is not None:
-                self.reserved[inst.id] = self.reserved.get(inst.id, 0) + 1
+                self._reserve(inst)
                 return inst, False
             if self.size < self.spec.max_instances:
                 inst = await self.grow()
-                self.reserved[inst.id] = self.reserved.get(inst.id, 0) + 1
+                self._reserve(inst)
                 return inst, True
             remaining = deadline - self._clock()
             if remaining <= 0:
@@ -89,6 +92,12 @@ class Pool:
             finally:
                 with contextlib.suppress(ValueError):
                     self._waiters.remove(fut)
+
+    def _reserve(self, inst: Instance) -> None:
+        self.reserved[inst.id] = self.reserved.get(inst.id, 0) + 1
+        self._drained.clear()
+        if self.observer is not None:
+            self.observer(self.in_flight)
 
     async def grow(self) -> Instance:
         """Start one more instance (not reserved)."""
@@ -108,6 +117,10 @@ class Pool:
         else:
             self.reserved.pop(inst.id, None)
         inst.last_used = self._clock()
+        if not self.reserved:
+            self._drained.set()
+        if self.observer is not None:
+            self.observer(self.in_flight)
         self._wake()
 
     def on_exit(self, inst: Instance) -> None:
@@ -121,6 +134,14 @@ class Pool:
             if not fut.done():
                 fut.set_result(None)
                 return
+
+    async def drain(self, wait_s: float) -> bool:
+        """Wait until nothing is in flight (True) or ``wait_s`` passed (False)."""
+        try:
+            await asyncio.wait_for(self._drained.wait(), wait_s)
+            return True
+        except TimeoutError:
+            return False
 
     def idle(self) -> list[Instance]:
         return [i for i in self.instances.values() if not self.reserved.get(i.id)]

@@ -120,6 +120,10 @@ class Zygote:
         self.start_ms = (time.perf_counter() - t0) * 1000.0
         self._tasks.append(loop.create_task(self._watch(reader)))
 
+    @property
+    def pid(self) -> int | None:
+        return None if self._proc is None else self._proc.pid
+
     def sandbox_env(self) -> dict[str, str]:
         return dict(self.sandbox.spec.env)
 
@@ -161,7 +165,7 @@ class Zygote:
         finally:
             child.close()
         try:
-            pid = await receive_hello(parent, timeout=10.0)
+            pid = await receive_hello(parent, wait_s=10.0)
         except BaseException:
             parent.close()
             raise

@@ -250,6 +250,14 @@ async def instances(request: Request) -> Response:
                          "zygotes": [z for z in p.agent.zygotes() if z["function"] == rec.name]})
 
 
+async def scaling(request: Request) -> Response:
+    """The autoscaler's latest decision for the function's live version, with its reason."""
+    p = _p(request)
+    rec = _record(p, request.path_params["name"])
+    return JSONResponse({"name": rec.name,
+                         **p.agent.scaling_status(p.registry.version_spec(rec))})
+
+
 async def health(request: Request) -> Response:
     p = _p(request)
     return JSONResponse({"status": "ok", "sandbox": p.sandbox_backend,
@@ -274,5 +282,6 @@ ROUTES = [
     Route("/api/v1/functions/{name}/logs", logs, methods=["GET"]),
     Route("/api/v1/functions/{name}/scale", scale, methods=["POST"]),
     Route("/api/v1/functions/{name}/instances", instances, methods=["GET"]),
+    Route("/api/v1/functions/{name}/scaling", scaling, methods=["GET"]),
     Route("/api/v1/usage", usage, methods=["GET"]),
 ]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -81,7 +80,7 @@ class Gateway:
         chunks: list[bytes] = []
         size = 0
         while True:
-            message: dict[str, Any] = await receive()
+            message = await receive()
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:

@@ -28,7 +28,7 @@ class Channel:
 
 
 class LogWriter:
-    """A text stream standing in for sys.stdout/sys.stderr: each complete line becomes a log frame."""
+    """Stands in for sys.stdout/sys.stderr: each complete line becomes a log frame."""
 
     encoding = "utf-8"
     errors = "replace"

@@ -2,18 +2,19 @@
 
 A frame is a 4-byte big-endian length followed by a msgpack map. Every map has ``t`` (the kind).
 
-Host -> zygote (control socket)       zygote -> host
-  {"t": "fork", "id", "harden"}         {"t": "ready", "init_ms"}          after importing the handler
-  + one fd (SCM_RIGHTS): the new        {"t": "init_error", "error"}       import failed; zygote exits
-    instance's channel                  {"t": "forked", "id", "pid"}       pid as the zygote sees it
-
-Host -> instance (its channel)        instance -> host
-  {"t": "inv", "id", "ev", "dl",        {"t": "hello", "pid"}              first frame, carries
-   "ctx"}                                                                   SCM_CREDENTIALS
-                                        {"t": "res", "id", "v"}            handler returned v
-                                        {"t": "err", "id", "e"}            {errorType, errorMessage,
-                                                                            stackTrace}
-                                        {"t": "log", "id", "m"}            one log line of request id
+Host -> zygote (control socket):
+  {"t": "fork", "id", "harden"} + one fd (SCM_RIGHTS): the new instance's channel
+Zygote -> host:
+  {"t": "ready", "init_ms"}       after importing the handler
+  {"t": "init_error", "e"}        the import failed; the zygote exits
+  {"t": "forked", "id", "pid"}    pid as the zygote sees it
+Host -> instance (its channel):
+  {"t": "inv", "id", "ev", "dl", "ctx"}
+Instance -> host:
+  {"t": "hello", "pid"}           first frame; the kernel attaches SCM_CREDENTIALS
+  {"t": "res", "id", "v"}         the handler returned v
+  {"t": "err", "id", "e"}         {errorType, errorMessage, stackTrace}
+  {"t": "log", "id", "m"}         one log line of request id
 """
 
 from __future__ import annotations

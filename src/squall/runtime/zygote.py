@@ -76,8 +76,8 @@ class Instance:
         self.static = static
         self.style = style
         self.log = LogWriter(self.channel)
-        sys.stdout = self.log  # type: ignore[assignment]
-        sys.stderr = self.log  # type: ignore[assignment]
+        sys.stdout = self.log
+        sys.stderr = self.log
         root = logging.getLogger()
         root.handlers[:] = [_LogHandler()]
 
@@ -177,7 +177,7 @@ def _become_instance(fd: int, msg: dict[str, Any], handler: Callable[..., Any],
         random.seed()  # each instance its own sequence, not the zygote's
         np_random = sys.modules.get("numpy.random")
         if np_random is not None:
-            np_random.seed()  # type: ignore[attr-defined]
+            np_random.seed()
         sock = socket.socket(fileno=fd)
         send_frame(sock, {"t": "hello", "pid": os.getpid()})
         inst = Instance(sock, handler, cfg["static"], cfg.get("style", "lambda"))

@@ -94,7 +94,7 @@ class Database:
         self._executor.shutdown(wait=True)
 
 
-class transaction:  # noqa: N801 - used as a context manager, reads like a keyword
+class transaction:
     """``with transaction(conn): ...`` - BEGIN IMMEDIATE, COMMIT, or ROLLBACK on any exception."""
 
     def __init__(self, conn: sqlite3.Connection) -> None:

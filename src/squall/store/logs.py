@@ -23,14 +23,15 @@ CREATE INDEX logs_by_request ON logs (request_id)"""),
 
 
 def append_many(conn: sqlite3.Connection, rows: list[tuple[str, str, str, float, str]],
-                keep_per_function: int) -> None:
-    """Insert (namespace, function, request_id, ts, line) rows, then trim each function."""
+                keep_per_function: int, trim: set[tuple[str, str]] | None = None) -> None:
+    """Insert (namespace, function, request_id, ts, line) rows, then trim to the newest
+    ``keep_per_function`` lines the functions in ``trim`` (all of them when None)."""
     with transaction(conn):
         conn.executemany(
             "INSERT INTO logs (namespace, function, request_id, ts, line) VALUES (?, ?, ?, ?, ?)",
             rows,
         )
-        for namespace, function in {(r[0], r[1]) for r in rows}:
+        for namespace, function in ({(r[0], r[1]) for r in rows} if trim is None else trim):
             conn.execute(
                 "DELETE FROM logs WHERE namespace = ? AND function = ? AND id <= ("
                 " SELECT id FROM logs WHERE namespace = ? AND function = ?"
@@ -43,7 +44,8 @@ def read(conn: sqlite3.Connection, namespace: str, function: str, *, after: int 
          request_id: str | None = None, limit: int = 1000,
          tail: bool = False) -> list[dict[str, Any]]:
     """Lines with id > after, oldest first. ``tail`` returns the newest ``limit`` lines."""
-    sql = "SELECT id, request_id, ts, line FROM logs WHERE namespace = ? AND function = ? AND id > ?"
+    sql = ("SELECT id, request_id, ts, line FROM logs "
+           "WHERE namespace = ? AND function = ? AND id > ?")
     args: list[Any] = [namespace, function, after]
     if request_id:
         sql += " AND request_id = ?"
