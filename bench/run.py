@@ -21,6 +21,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import baselines  # noqa: E402
+import events_bench  # noqa: E402
 import report  # noqa: E402
 import squall_bench  # noqa: E402
 from util import machine  # noqa: E402
@@ -50,8 +51,10 @@ def _squall(quick: bool, notes: list[str]) -> tuple[dict[str, Any], dict[str, An
 
 
 def _notes_from(r: dict[str, Any], notes: list[str]) -> None:
-    for run_key in ("squall", "squall_process"):
+    for run_key in ("squall", "squall_process", "events"):
         run = r.get(run_key) or {}
+        if "error" in run:
+            notes.append(f"{run_key} failed: {run['error']}")
         for key, value in run.items():
             if isinstance(value, dict) and "error" in value:
                 notes.append(f"{run_key}.{key} failed: {' '.join(str(value['error']).split())}")
@@ -74,6 +77,7 @@ def _notes_from(r: dict[str, Any], notes: list[str]) -> None:
     if so.get("statuses"):
         notes.append(f"scale-out statuses: {so['statuses']}; latency p50 "
                      f"{so['latency']['p50']:.0f} ms, p99 {so['latency']['p99']:.0f} ms")
+    notes.extend(events_bench.notes(r.get("events") or {}))
     heavy = r.get("heavy_import")
     if heavy:
         notes.append(f"numpy+scipy: uv install into a fresh venv took {heavy['install_s']:.1f} s")
@@ -102,6 +106,11 @@ def main(argv: list[str] | None = None) -> int:
             "import numpy, scipy.linalg, scipy.stats", 10)
     if not args.baselines_only:
         r["squall"], r["squall_process"] = _squall(args.quick, notes)
+        log("events: async queue throughput, connector latency ...")
+        try:
+            r["events"] = events_bench.run(args.quick, log)
+        except Exception as exc:
+            r["events"] = {"error": f"{type(exc).__name__}: {exc}"}
     _notes_from(r, notes)
 
     rows = report.build_rows(r)

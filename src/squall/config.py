@@ -30,7 +30,8 @@ class Settings:
     max_async_payload: int = 256 * 1024
     max_bundle_bytes: int = 250 * 1024 * 1024
     max_bundle_files: int = 20_000
-    log_lines_per_function: int = 10_000
+    # the logs of this many invocations (plus platform notes) are kept per function
+    log_entries_per_function: int = 10_000
     shutdown_grace_s: float = 30.0
     instance_stop_grace_s: float = 2.0
     zygote_memory_budget_mb: int = 2048

@@ -64,7 +64,7 @@ def build(settings: Settings) -> tuple[Platform, Any]:
     registry = Registry(db, settings.data_dir)
     agent = Agent(settings, backend)
     recorder = Recorder(db)
-    logs = LogSink(db, settings.log_lines_per_function)
+    logs = LogSink(db, settings.log_entries_per_function)
     invoker = LocalInvoker(settings, registry, agent, recorder, logs)
     deployer = Deployer(settings, registry, agent)
     platform = Platform(settings=settings, db=db, registry=registry, agent=agent,
@@ -102,7 +102,8 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
         log.warning("WARNING: %s", warning)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, loop="none",
                             http="httptools", lifespan="off", log_level="warning",
-                            access_log=False, timeout_graceful_shutdown=int(
+                            access_log=False, proxy_headers=False,
+                            timeout_graceful_shutdown=int(
                                 settings.shutdown_grace_s), backlog=4096)
     server = _Server(config)
     try:

@@ -29,6 +29,39 @@ from squall.scaling.autoscaler import (
 log = logging.getLogger("squall.agent")
 
 
+class _LoadMeter:
+    """Time-weighted mean of in-flight requests between two autoscaler ticks.
+
+    The pool reports every change (thousands a second under load); the window gets one sample
+    per tick: e.g. 2 in flight for 0.1 s then 4 for 0.4 s -> (0.2 + 1.6) / 0.5 = 3.6.
+    """
+
+    def __init__(self, now: float) -> None:
+        self.start = self.last = now
+        self.current = 0
+        self.area = 0.0
+        self.peak = 0
+
+    def observe(self, in_flight: int) -> None:
+        now = time.monotonic()
+        self.area += self.current * (now - self.last)
+        self.last, self.current = now, in_flight
+        self.peak = max(self.peak, in_flight)
+
+    def take(self, now: float) -> tuple[float, float]:
+        """(bucket start, mean over the bucket); starts the next bucket."""
+        self.area += self.current * (now - self.last)
+        span = now - self.start
+        mean = self.area / span if span > 0 else float(self.current)
+        if self.peak and mean == 0.0:
+            mean = 1e-6  # a request that came and went within the bucket still counts as one
+        start = self.start
+        self.start = self.last = now
+        self.area = 0.0
+        self.peak = self.current
+        return start, mean
+
+
 @dataclass(frozen=True)
 class VersionSpec:
     """Everything the agent needs to run one function version."""
@@ -68,6 +101,7 @@ class _Slot:
     zygote_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     last_used: float = field(default_factory=time.monotonic)
     window: ConcurrencyWindow = field(default_factory=ConcurrencyWindow)
+    load: _LoadMeter = field(default_factory=lambda: _LoadMeter(time.monotonic()))
     scaling: ScalingState = field(default_factory=ScalingState)
     decision: Decision | None = None
     decided_at: float = 0.0
@@ -108,8 +142,7 @@ class Agent:
                                  keep_alive_s=cfg.keep_alive_s,
                                  queue_wait_s=self.settings.queue_wait_s)
             slot = _Slot(vs, Pool(vs.key, pool_spec, self._starter(vs)), sandbox)
-            window = slot.window
-            slot.pool.observer = lambda n: window.record(time.monotonic(), n)
+            slot.pool.observer = slot.load.observe
             self._slots[vs.key] = slot
         return slot
 
@@ -189,7 +222,8 @@ class Agent:
         self._stop_later(slot, idle)
         # Forget the observed load, or the autoscaler would prewarm right back.
         slot.window = ConcurrencyWindow()
-        slot.pool.observer = lambda n: slot.window.record(time.monotonic(), n)
+        slot.load = _LoadMeter(time.monotonic())
+        slot.pool.observer = slot.load.observe
         slot.scaling = ScalingState()
         return len(idle)
 
@@ -257,6 +291,8 @@ class Agent:
                            max_instances=cfg.max_instances,
                            scale_to_zero_grace_s=cfg.keep_alive_s)
         ready = slot.pool.size
+        start, mean = slot.load.take(now)
+        slot.window.record(start, mean)
         decision = decide(spec, slot.window.stats(now, spec), ready, slot.scaling, now)
         slot.scaling = decision.state
         if slot.decision is None or slot.decision.desired != decision.desired:

@@ -67,12 +67,14 @@ class LocalInvoker:
         start_wall = time.time()
         t0 = time.perf_counter()
         value: Any = None
+        max_rss_kb = 0
         error: dict[str, Any] | None = None
         status = "succeeded"
         try:
             reply = await asyncio.wait_for(
                 inst.invoke(rid, event, start_wall * 1000.0 + cfg.timeout_s * 1000.0, {}),
                 cfg.timeout_s)
+            max_rss_kb = int(reply.get("mem", 0))
             if reply["t"] == "res":
                 value = reply.get("v")
             else:
@@ -100,9 +102,9 @@ class LocalInvoker:
                          "stackTrace": []}
         duration = (time.perf_counter() - t0) * 1000.0
         billed = billed_ms(duration)
-        # The process's high-water RSS: one small /proc read (the cgroup's three files cost a
-        # fifth of the hot path at high throughput; they are read when an instance dies).
-        max_mem = _max_memory_mb(0, inst.pid)
+        # The instance reports its own peak RSS (getrusage) with each result: reading /proc or
+        # the cgroup files here cost a sixth to a fifth of the hot path at high throughput.
+        max_mem = max_rss_kb / 1024 if max_rss_kb else None
         lines = inst.take_logs(rid)
         self._write_logs(vs, rid, lines, duration, billed, max_mem, timing, cold, error)
         self.recorder.append({
@@ -123,15 +125,11 @@ class LocalInvoker:
                     billed: int, max_mem: float | None, timing: InitTiming, cold: bool,
                     error: dict[str, Any] | None) -> None:
         """Lambda's START / END / REPORT framing around the function's own lines."""
-        append = self.logs.append
-        append(vs.function, rid, f"START RequestId: {rid} Version: {vs.version}", vs.namespace)
-        for line in lines:
-            append(vs.function, rid, line, vs.namespace)
+        block = [f"START RequestId: {rid} Version: {vs.version}", *lines]
         if error is not None and error.get("errorType") in ("TimeoutError", "OutOfMemoryError",
                                                             "Runtime.ExitError"):
-            append(vs.function, rid, f"{error['errorType']}: {error['errorMessage']}",
-                   vs.namespace)
-        append(vs.function, rid, f"END RequestId: {rid}", vs.namespace)
+            block.append(f"{error['errorType']}: {error['errorMessage']}")
+        block.append(f"END RequestId: {rid}")
         report = (f"REPORT RequestId: {rid}\tDuration: {duration:.2f} ms\t"
                   f"Billed Duration: {billed} ms\tMemory Size: {vs.config.memory_mb} MB")
         if max_mem is not None:
@@ -142,18 +140,6 @@ class LocalInvoker:
                        f"fork {timing.fork_ms:.2f} ms)")
         if error is not None and error.get("errorType") == "OutOfMemoryError":
             report += "\tStatus: error\tError Type: Runtime.OutOfMemory"
-        append(vs.function, rid, report, vs.namespace)
+        block.append(report)
+        self.logs.append_block(vs.function, rid, block, vs.namespace)
 
-
-def _max_memory_mb(cgroup_peak: int, pid: int) -> float | None:
-    """The cgroup's peak when the sandbox has one, else the process's high-water RSS."""
-    if cgroup_peak > 0:
-        return cgroup_peak / (1024 * 1024)
-    try:
-        with open(f"/proc/{pid}/status", "rb") as f:
-            for line in f:
-                if line.startswith(b"VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None

@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import random
+import resource
 import signal
 import socket
 import sys
@@ -95,6 +96,7 @@ class Instance:
 
     def _finish(self, rid: str, reply: dict[str, Any]) -> None:
         self.log.flush(rid)
+        reply["mem"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # peak RSS, KiB
         try:
             self.channel.send(reply)
         except TypeError as exc:  # a value msgpack cannot carry
