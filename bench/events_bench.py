@@ -141,7 +141,9 @@ def _spawn(stack: contextlib.AsyncExitStack, coro: Coroutine[Any, Any, None]) ->
 
     async def cancel() -> None:
         task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
+        # redis-py can turn the cancelled blocking read into its own TimeoutError: whatever the
+        # reader dies with while being torn down does not matter.
+        with contextlib.suppress(asyncio.CancelledError, Exception):
             await task
     stack.push_async_callback(cancel)
 
@@ -493,4 +495,18 @@ def run(quick: bool, log: Log) -> dict[str, Any]:
                 out[key] = {"error": f"{type(exc).__name__}: {exc}"}
                 log(f"    FAILED: {out[key]['error']}")
         out["platform_log_tail"] = p.log_tail(20)
+    return out
+
+
+def notes(ev: dict[str, Any]) -> list[str]:
+    """What the table cannot say: skipped connectors, rejected submissions, the drain."""
+    out = [f"events.{k}: skipped ({v['skipped']})" for k, v in ev.items()
+           if isinstance(v, dict) and "skipped" in v]
+    tp = ev.get("async_throughput") or {}
+    if "drained_s" in tp:
+        out.append(f"async invoke: {tp['accepted']} accepted in {tp['seconds']:.1f} s "
+                   f"({tp['non_2xx']} non-2xx, socket errors: {tp['socket_errors'] or 'none'}), "
+                   f"queue drained {tp['drained_s']:.1f} s after the load started; "
+                   f"{tp['succeeded_listed']} listed as succeeded (wrk does not count the "
+                   f"requests still in flight when it stops)")
     return out

@@ -101,6 +101,27 @@ def build_rows(r: dict[str, Any]) -> list[Row]:
             rows.append(_row(f"sandbox {s.get('sandbox_actual')} vs {proc.get('sandbox_actual')}: "
                              f"{label}", bw, pr, "ms",
                              baseline_what="SQUALL_SANDBOX=process"))
+    return rows + _event_rows(r.get("events") or {})
+
+
+def _event_rows(ev: dict[str, Any]) -> list[Row]:
+    """Async queue throughput and publish -> handler start latency (bench/events_bench.py)."""
+    rows: list[Row] = []
+    tp, base = ev.get("async_throughput") or {}, _get(ev, "post_baseline", "accepted_per_s")
+    post = "uvloop+httptools server, same POST load"
+    if "accepted_per_s" in tp:
+        rows += [
+            _row("async invoke: accepted (wrk POST Event, c=32)", tp["accepted_per_s"], base,
+                 "events/s", baseline_what=post),
+            _row("async invoke: completed, load start to queue drained (max_instances 4)",
+                 tp["completed_per_s"], base, "events/s", baseline_what=post)]
+    for kind in ("redis", "nats", "amqp", "mqtt", "postgres"):
+        lat = ev.get(f"latency_{kind}") or {}
+        for p in ("p50", "p99"):
+            if "squall" in lat:
+                rows.append(_row(f"{kind} publish -> handler start {p} (n={lat['squall']['n']})",
+                                 lat["squall"][p], _get(lat, "broker", p), "ms",
+                                 baseline_what="raw broker round trip"))
     return rows
 
 

@@ -53,7 +53,7 @@ def _squall(quick: bool, notes: list[str]) -> tuple[dict[str, Any], dict[str, An
 def _notes_from(r: dict[str, Any], notes: list[str]) -> None:
     for run_key in ("squall", "squall_process", "events"):
         run = r.get(run_key) or {}
-        if "error" in run:
+        if run_key == "events" and "error" in run:
             notes.append(f"{run_key} failed: {run['error']}")
         for key, value in run.items():
             if isinstance(value, dict) and "error" in value:

@@ -22,7 +22,9 @@ def test_gb_seconds(billed: int, memory: int, expected: float) -> None:
 
 def test_cost_of_a_million_small_invocations() -> None:
     gbs = 1_000_000 * gb_seconds(13, 128)
-    assert cost(1_000_000, gbs, Prices()) == pytest.approx(27.08 + 0.20, abs=0.01)
+    # 1,625 GB-s x $0.0000166667 = $0.02708, plus $0.20 per million requests
+    assert gbs == pytest.approx(1625.0)
+    assert cost(1_000_000, gbs, Prices()) == pytest.approx(0.02708 + 0.20, abs=1e-5)
 
 
 def test_percentile_nearest_rank() -> None:

@@ -235,3 +235,29 @@ def test_rm_removes_function(platform: PlatformProc) -> None:
     assert resp.status_code == 404 and resp.json()["error"]["code"] == "function_not_found"
     failed = platform.cli("describe", "hello", check=False)
     assert failed.returncode != 0 and "function_not_found" in failed.stderr
+
+
+def test_logs_follow_prints_new_lines(platform: PlatformProc) -> None:
+    import selectors
+    import subprocess
+    import time
+
+    from tests.conftest import SQUALL
+
+    platform.deploy(HELLO)
+    follower = subprocess.Popen([SQUALL, "--url", platform.url, "logs", "hello", "--follow"],
+                                stdout=subprocess.PIPE, text=True)
+    try:
+        rid = platform.invoke("hello").headers["x-squall-request-id"]
+        sel = selectors.DefaultSelector()
+        assert follower.stdout is not None
+        sel.register(follower.stdout, selectors.EVENT_READ)
+        seen = ""
+        deadline = time.monotonic() + 15
+        while f"REPORT RequestId: {rid}" not in seen:
+            assert time.monotonic() < deadline, f"no REPORT line for {rid} in:\n{seen}"
+            if sel.select(timeout=0.5):
+                seen += follower.stdout.readline()
+    finally:
+        follower.terminate()
+        follower.wait(10)

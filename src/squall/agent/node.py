@@ -7,6 +7,7 @@ import contextlib
 import logging
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -114,6 +115,7 @@ class Agent:
         self.backend = backend
         self._slots: dict[str, _Slot] = {}
         self._stopping: set[asyncio.Task[None]] = set()
+        self._releaser = ThreadPoolExecutor(max_workers=1, thread_name_prefix="squall-release")
 
     # -- versions ---------------------------------------------------------------------------
 
@@ -210,7 +212,11 @@ class Agent:
         try:
             await inst.stop(self.settings.instance_stop_grace_s)
         finally:
-            slot.sandbox.release(inst.id)
+            # Removing cgroups (kill what is left, rmdir three hierarchies) takes milliseconds:
+            # off the event loop, so it never delays a cold start happening at the same time.
+            # One thread, so releases never run concurrently with each other.
+            await asyncio.get_running_loop().run_in_executor(
+                self._releaser, slot.sandbox.release, inst.id)
 
     def scale_to_zero(self, vs: VersionSpec) -> int:
         """Stop every idle instance of a version now; keep its zygote."""
@@ -348,6 +354,7 @@ class Agent:
                 await self.retire(key)
         if self._stopping:
             await asyncio.gather(*self._stopping, return_exceptions=True)
+        self._releaser.shutdown(wait=True)
 
 
 def _rss(pid: int | None) -> int:

@@ -249,7 +249,21 @@ class TriggerManager:
                                code="trigger_not_found")
             await self.svc.db.run(lambda c: queue.delete_trigger(c, t["id"]))
         self._stop(t)
+        await self._uninstall(t)
         return self.view(t)
+
+    async def _uninstall(self, t: dict[str, Any]) -> None:
+        """Remove what a connector installed outside Squall (the postgres capture trigger and
+        its outbox rows), best effort: a database that is down must not block the removal."""
+        if t["type"] != "postgres":
+            return
+        from squall.events.connectors.postgres import uninstall
+
+        try:
+            await asyncio.wait_for(uninstall(spec_of(t)), 10)
+        except Exception as exc:  # unreachable database, dropped table: say so, carry on
+            self.svc.logs.append(t["function"], "", f"[squall] trigger {t['name']!r}: could not "
+                                 f"remove its database trigger: {type(exc).__name__}: {exc}")
 
     async def find_webhook(self, name: str) -> dict[str, Any]:
         rows = await self.svc.db.run(queue.list_triggers)
@@ -298,6 +312,7 @@ class TriggerManager:
                         queue.update_trigger, id=t["id"], type=want[0], config=want[1],
                         now=time.time()))
                 self._stop(t)
+                await self._uninstall(t)  # the old tables' capture must not go on
                 self._start({**t, "type": want[0], "config": want[1]})
         for name, (type_, config) in desired.items():
             try:

@@ -3,7 +3,7 @@
 Worked example: a 128 MB function that ran 12.3 ms is billed 13 ms (rounded up to the whole
 millisecond, as Lambda bills since 2020); GB-seconds = 13 / 1000 x 128 / 1024 = 0.001625.
 At $0.0000166667 per GB-second and $0.20 per million requests, one million such invocations cost
-1e6 x 0.001625 x 0.0000166667 + 0.20 = $27.08 + $0.20 = $27.28.
+1e6 x 0.001625 x 0.0000166667 + 0.20 = $0.0271 + $0.20 = $0.2271.
 """
 
 from __future__ import annotations

@@ -10,7 +10,8 @@ from squall.store.db import Migration, transaction
 SCHEMA: list[Migration] = [
     ("0002_invocations", """
 CREATE TABLE invocations (
-    request_id TEXT PRIMARY KEY,
+    id INTEGER PRIMARY KEY,
+    request_id TEXT NOT NULL,
     namespace TEXT NOT NULL,
     function TEXT NOT NULL,
     version INTEGER NOT NULL,
@@ -26,7 +27,8 @@ CREATE TABLE invocations (
     cold INTEGER NOT NULL,
     max_memory_mb REAL
 );
-CREATE INDEX invocations_by_function ON invocations (namespace, function, start_ts)"""),
+CREATE INDEX invocations_by_function ON invocations (namespace, function, start_ts);
+CREATE INDEX invocations_by_request ON invocations (request_id)"""),
 ]
 
 COLUMNS = ("request_id", "namespace", "function", "version", "trigger", "start_ts", "init_ms",
@@ -35,17 +37,24 @@ COLUMNS = ("request_id", "namespace", "function", "version", "trigger", "start_t
 
 
 def insert_many(conn: sqlite3.Connection, records: list[dict[str, Any]]) -> None:
-    """Insert a batch; a retried async attempt with the same request id replaces its record."""
-    sql = (f"INSERT OR REPLACE INTO invocations ({', '.join(COLUMNS)}) "
+    """Insert a batch. A retried async attempt keeps its request id (so handlers can
+    deduplicate) and gets a record of its own: every attempt ran and is billed."""
+    sql = (f"INSERT INTO invocations ({', '.join(COLUMNS)}) "
            f"VALUES ({', '.join('?' * len(COLUMNS))})")
     with transaction(conn):
         conn.executemany(sql, [tuple(r.get(c) for c in COLUMNS) for r in records])
 
 
 def get(conn: sqlite3.Connection, request_id: str) -> dict[str, Any] | None:
-    row = conn.execute("SELECT * FROM invocations WHERE request_id = ?",
-                       (request_id,)).fetchone()
-    return None if row is None else dict(row)
+    """The latest attempt's record, with ``attempts`` (how many records share the id)."""
+    rows = conn.execute("SELECT * FROM invocations WHERE request_id = ? ORDER BY id",
+                        (request_id,)).fetchall()
+    if not rows:
+        return None
+    record = dict(rows[-1])
+    record.pop("id", None)
+    record["attempts"] = len(rows)
+    return record
 
 
 def for_usage(conn: sqlite3.Connection, since: float,
