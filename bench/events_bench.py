@@ -51,7 +51,7 @@ def handler(event, context):
         print("SQB " + repr(start) + " " + json.dumps(ev.get("data")), flush=True)
     return None
 """
-LINE_RE = re.compile(r"SQB (\S+) (.*)$")
+LINE_RE = re.compile(r"^SQB (\S+) (.*)$", re.M)  # a log row may hold several lines
 Log = Callable[[str], None]
 Toml = dict[str, str | int | bool | list[str]]
 
@@ -404,8 +404,7 @@ class LogReader:
             body = r.json()
             self.cursor = int(body["cursor"])
             for row in body["lines"]:
-                m = LINE_RE.search(str(row.get("line", "")))
-                if m:
+                for m in LINE_RE.finditer(str(row.get("line", ""))):
                     f = self.broker.fields(json.loads(m.group(2)))
                     self.seen[int(f["seq"])] = (float(m.group(1)), f)
             if seq not in self.seen:
