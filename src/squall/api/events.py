@@ -20,7 +20,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from squall.errors import BadRequest, InvalidJSON, PayloadTooLarge, ServiceUnavailable
+from squall.api.body import read_body
+from squall.errors import BadRequest, InvalidJSON, ServiceUnavailable
 from squall.events import webhooks
 
 if TYPE_CHECKING:
@@ -34,21 +35,8 @@ def _events(request: Request) -> EventService:
     return svc
 
 
-async def _body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"request body of {declared} bytes exceeds the {limit} byte limit")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"request body exceeds the {limit} byte limit")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 async def _json(request: Request) -> Any:
-    raw = await _body(request, 1024 * 1024)
+    raw = await read_body(request, 1024 * 1024)
     try:
         return json.loads(raw or b"{}")
     except ValueError as e:
@@ -122,7 +110,7 @@ async def webhook(request: Request) -> Response:
     svc = _events(request)
     name = request.path_params["name"]
     t = await svc.triggers.find_webhook(name)
-    body = await _body(request, svc.settings.max_async_payload)
+    body = await read_body(request, svc.settings.max_async_payload)
     headers = {k.lower(): v for k, v in request.headers.items()}
     webhooks.verify_signature(t["config"], headers, body, now=svc.clock())
     rid, created = await svc.submit_webhook(t, request.method, request.url.path, headers, body)

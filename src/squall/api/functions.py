@@ -12,13 +12,13 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from squall.agent.node import VersionSpec
+from squall.api.body import read_body
 from squall.api.errors import error_body
 from squall.bundle.spec import validate_name
 from squall.errors import (
     BadRequest,
     FunctionNotFound,
     InvalidJSON,
-    PayloadTooLarge,
     SquallError,
 )
 from squall.metering.billing import summarise
@@ -54,23 +54,9 @@ def _record(p: Platform, name: str) -> FunctionRecord:
     return rec
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"request body of {declared} bytes exceeds the {limit} byte limit")
-    chunks = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"request body exceeds the {limit} byte limit")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 async def deploy(request: Request) -> Response:
     p = _p(request)
-    payload = await _read_body(request, p.settings.max_bundle_bytes)
+    payload = await read_body(request, p.settings.max_bundle_bytes)
     if not payload:
         raise BadRequest("empty body: send a .zip or .tar.gz bundle", code="empty_bundle")
     name = request.query_params.get("name") or None
@@ -143,7 +129,7 @@ async def invoke(request: Request) -> Response:
     if mode == "Event":
         if p.events is None:
             raise BadRequest("async invocation is not available", code="async_unavailable")
-        body = await _read_body(request, p.settings.max_async_payload)
+        body = await read_body(request, p.settings.max_async_payload)
         rid, _created = await p.events.submit(
             name, body, trigger="async",
             idempotency_key=request.headers.get("x-squall-idempotency-key"))
@@ -152,7 +138,7 @@ async def invoke(request: Request) -> Response:
     if mode != "RequestResponse":
         raise BadRequest(f"unknown invocation type '{mode}': use RequestResponse or Event",
                          code="invalid_invocation_type")
-    body = await _read_body(request, p.settings.max_sync_payload)
+    body = await read_body(request, p.settings.max_sync_payload)
     try:
         event = json.loads(body) if body.strip() else {}
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
