@@ -24,7 +24,6 @@ from squall.config import Settings
 from squall.errors import FunctionNotFound, InvalidBundle, InvalidName
 from squall.registry import FunctionRecord, Registry
 from squall.store import functions as store_fn
-from squall.store import invocations as store_inv
 from squall.store import logs as store_logs
 
 log = logging.getLogger("squall.deploy")
@@ -130,6 +129,7 @@ class Deployer:
                 vs = self.registry.version_spec(FunctionRecord.from_row(row))
                 await self.agent.retire(vs.key)
 
+            # Invocation records stay: they are the billing history.
             def delete(conn: Any) -> list[str]:
                 store_fn.delete_function(conn, namespace, name)
                 store_logs.delete_function(conn, namespace, name)
@@ -139,7 +139,6 @@ class Deployer:
             await self.registry.remove(rec)
             for sha in unused:
                 await asyncio.to_thread(shutil.rmtree, self.registry.bundles_dir / sha, True)
-            _ = store_inv  # invocation records stay: they are the billing history
         return rec
 
 

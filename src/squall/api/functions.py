@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from typing import Any
 
@@ -13,7 +14,6 @@ from starlette.routing import Route
 
 from squall.agent.node import VersionSpec
 from squall.api.body import read_body
-from squall.api.errors import error_body
 from squall.bundle.spec import validate_name
 from squall.errors import (
     BadRequest,
@@ -247,16 +247,9 @@ async def scaling(request: Request) -> Response:
 async def health(request: Request) -> Response:
     p = _p(request)
     return JSONResponse({"status": "ok", "sandbox": p.sandbox_backend,
-                         "warnings": p.sandbox_warnings, "pid": _pid()})
+                         "warnings": p.sandbox_warnings, "pid": os.getpid()})
 
 
-def _pid() -> int:
-    import os
-
-    return os.getpid()
-
-
-_ = error_body
 ROUTES = [
     Route("/healthz", health),
     Route("/api/v1/functions", deploy, methods=["POST"]),
