@@ -238,6 +238,7 @@ def test_rm_removes_function(platform: PlatformProc) -> None:
 
 
 def test_logs_follow_prints_new_lines(platform: PlatformProc) -> None:
+    import os
     import selectors
     import subprocess
     import time
@@ -246,18 +247,19 @@ def test_logs_follow_prints_new_lines(platform: PlatformProc) -> None:
 
     platform.deploy(HELLO)
     follower = subprocess.Popen([SQUALL, "--url", platform.url, "logs", "hello", "--follow"],
-                                stdout=subprocess.PIPE, text=True)
+                                stdout=subprocess.PIPE)
     try:
         rid = platform.invoke("hello").headers["x-squall-request-id"]
-        sel = selectors.DefaultSelector()
         assert follower.stdout is not None
-        sel.register(follower.stdout, selectors.EVENT_READ)
+        fd = follower.stdout.fileno()
+        sel = selectors.DefaultSelector()
+        sel.register(fd, selectors.EVENT_READ)
         seen = ""
         deadline = time.monotonic() + 15
         while f"REPORT RequestId: {rid}" not in seen:
             assert time.monotonic() < deadline, f"no REPORT line for {rid} in:\n{seen}"
-            if sel.select(timeout=0.5):
-                seen += follower.stdout.readline()
+            if sel.select(timeout=0.5):  # raw reads: a buffered reader would hide lines
+                seen += os.read(fd, 65536).decode()
     finally:
         follower.terminate()
         follower.wait(10)

@@ -172,6 +172,7 @@ class Agent:
                 z = Zygote(vs.key, slot.sandbox, self._zygote_config(vs), vs.code_dir)
                 await z.start()
                 slot.zygote = z
+                self._prepare_next(slot)
                 timing.zygote_ms = z.init_ms
                 timing.sandbox_ms = max(0.0, z.start_ms - z.init_ms)
         slot.last_used = time.monotonic()
@@ -193,9 +194,23 @@ class Agent:
                 inst = await z.fork(iid, pool.spec.concurrency, pool.on_exit)
             timing.fork_ms = (time.perf_counter() - t0) * 1000.0
             inst.init_timing = timing
+            self._prepare_next(self._slot(vs))
             return inst
 
         return start
+
+    def _prepare_next(self, slot: _Slot) -> None:
+        """Let the sandbox make the next instance's cgroups on the worker thread."""
+        async def prepare() -> None:
+            try:
+                await asyncio.get_running_loop().run_in_executor(self._releaser,
+                                                                 slot.sandbox.prepare)
+            except Exception:  # place() falls back to making its own cgroup
+                log.exception("preparing the next instance of %s failed", slot.spec.key)
+
+        task = asyncio.get_running_loop().create_task(prepare())
+        self._stopping.add(task)
+        task.add_done_callback(self._stopping.discard)
 
     def usage(self, vs: VersionSpec, instance_id: str) -> Usage:
         return self._slot(vs).sandbox.usage(instance_id)

@@ -9,6 +9,7 @@ Contract (the same for every implementation):
   It is called before the instance receives its first invocation.
 - ``usage`` reads what the instance used; ``release`` removes what ``place`` created.
   Calling ``usage`` or ``release`` for an unknown or already released instance is harmless.
+- ``prepare`` may be called (from a worker thread) to make the next ``place`` cheap.
 - ``destroy`` removes everything this sandbox created; calling anything after it is harmless.
 """
 
@@ -59,6 +60,10 @@ class Sandbox(Protocol):
         ...
 
     def harden_opts(self) -> dict[str, Any]: ...
+
+    def prepare(self) -> None:
+        """Make resources for the next instances ahead, off the event loop. Harmless any time."""
+        ...
 
     def place(self, instance_id: str, pid: int) -> None: ...
 

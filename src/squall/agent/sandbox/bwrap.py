@@ -40,6 +40,8 @@ import os
 import shutil
 import subprocess
 import sys
+import uuid
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +70,9 @@ DEFAULT_ENV = {
 }
 SHM_MB = 64
 NOFILE = 1024  # Lambda's file descriptor limit
+# cgroups made ahead per version: enough for back-to-back cold starts, few enough to not
+# clutter the hierarchy (each is three empty directories on v1)
+SPARE_CGROUPS = 2
 
 
 def _under(path: Path, root: Path) -> bool:
@@ -85,6 +90,9 @@ class BwrapSandbox:
         self._tmpfs_size = tmpfs_size
         self._cpu_quota = cpu_quota
         self._groups: dict[str, str] = {}   # instance id -> cgroup name
+        # prepared by prepare() on the agent's worker thread, taken by place() on the loop;
+        # deque append/popleft are atomic, so no lock is needed
+        self._spares: deque[str] = deque()
         self._dead = False
         self._binds: list[tuple[Path, str]] = [(Path(spec.code_dir).resolve(), TASK_DIR)] + [
             (Path(p).resolve(), f"{PYTHON_DIR}/{i}") for i, p in enumerate(spec.python_paths)
@@ -182,16 +190,41 @@ class BwrapSandbox:
             raise SandboxError("sandbox was destroyed")
         if self._cgroups is None:
             return
-        group = Cgroups.group_name(self.spec.key, instance_id)
-        limits = self.spec.limits
         try:
-            self._cgroups.create(group, CgroupLimits(limits.memory_mb, limits.pids,
-                                                     self._cpu_quota), pid)
+            group = self._spares.popleft()
+        except IndexError:
+            group = Cgroups.group_name(self.spec.key, instance_id)
+            ready = False
+        else:
+            ready = True
+        try:
+            if ready:
+                self._cgroups.attach(group, pid)
+            else:
+                self._cgroups.create(group, self._limits(), pid)
         except OSError as exc:
             self._cgroups.remove(group, wait_s=0.0)
             raise SandboxError(f"cannot place instance {instance_id} in its cgroup: {exc}") \
                 from exc
         self._groups[instance_id] = group
+
+    def _limits(self) -> CgroupLimits:
+        limits = self.spec.limits
+        return CgroupLimits(limits.memory_mb, limits.pids, self._cpu_quota)
+
+    def prepare(self) -> None:
+        """Create cgroups for the next instances ahead (called off the event loop), so that
+        ``place`` is a pid write per hierarchy instead of a slow mkdir."""
+        if self._cgroups is None:
+            return
+        while not self._dead and len(self._spares) < SPARE_CGROUPS:
+            group = Cgroups.group_name(self.spec.key, f"spare-{uuid.uuid4().hex[:12]}")
+            try:
+                self._cgroups.prepare(group, self._limits())
+            except OSError:
+                self._cgroups.remove(group, wait_s=0.0)
+                return  # place() falls back to creating its own
+            self._spares.append(group)
 
     def usage(self, instance_id: str) -> Usage:
         group = self._groups.get(instance_id)
@@ -206,9 +239,11 @@ class BwrapSandbox:
             self._cgroups.retry_busy()
 
     def destroy(self) -> None:
+        self._dead = True
         for instance_id in list(self._groups):
             self.release(instance_id)
-        self._dead = True
+        while self._spares and self._cgroups is not None:
+            self._cgroups.remove(self._spares.popleft(), wait_s=0.0)
 
 
 def tmpfs_size_supported(bwrap: str) -> bool:

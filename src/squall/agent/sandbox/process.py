@@ -34,6 +34,9 @@ class ProcessSandbox:
         return {"rlimits": {"RLIMIT_AS": address_space, "RLIMIT_NPROC": 4096},
                 "drop_caps": True, "no_new_privs": True, "seccomp": True}
 
+    def prepare(self) -> None:
+        return None
+
     def place(self, instance_id: str, pid: int) -> None:
         return None
 
