@@ -136,8 +136,9 @@ class Zygote:
             while True:
                 await self._read(reader)  # "forked" acknowledgements; EOF means the zygote died
         except (asyncio.IncompleteReadError, ConnectionError, ProtocolError, OSError) as exc:
+            if not self.dead:  # not a stop we asked for
+                log.warning("zygote %s exited unexpectedly (%r)", self.key, exc)
             self.dead = True
-            log.warning("zygote %s exited (%r)", self.key, exc)
 
     async def _drain_stderr(self) -> None:
         assert self._proc is not None and self._proc.stderr is not None
