@@ -263,3 +263,15 @@ def test_logs_follow_prints_new_lines(platform: PlatformProc) -> None:
     finally:
         follower.terminate()
         follower.wait(10)
+
+
+def test_second_platform_on_the_same_data_dir_is_refused(platform: PlatformProc) -> None:
+    import subprocess
+
+    from tests.conftest import SQUALL, free_port
+
+    out = subprocess.run([SQUALL, "up", "--port", str(free_port()), "--data-dir",
+                          str(platform.data_dir)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1
+    assert "data_dir_locked" in out.stderr
+    assert platform.http.get("/healthz").status_code == 200

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import os
 import signal
@@ -21,6 +22,7 @@ from squall.api import functions as api_functions
 from squall.api.errors import HANDLERS
 from squall.config import Settings
 from squall.deploy import Deployer
+from squall.errors import ServiceUnavailable, SquallError
 from squall.gateway.app import Gateway
 from squall.invoker.invoker import LocalInvoker
 from squall.logs import LogSink
@@ -53,6 +55,21 @@ def choose_backend(setting: str) -> tuple[SandboxBackend, list[str]]:
         return ProcessBackend(), ["bubblewrap sandbox not available in this build: "
                                   "functions run as plain processes"]
     return detect(setting)
+
+
+def lock_data_dir(settings: Settings) -> int:
+    """Hold an exclusive lock on the data dir for the life of the process: two platforms on one
+    data dir would each run the same queue and triggers. Raises ServiceUnavailable if taken."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(settings.data_dir / "squall.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise ServiceUnavailable(
+            f"another squall is already running on the data dir {settings.data_dir}; stop it "
+            f"or pass a different --data-dir", code="data_dir_locked") from None
+    return fd
 
 
 def build(settings: Settings) -> tuple[Platform, Any]:
@@ -97,6 +114,7 @@ async def _startup(platform: Platform) -> None:
 
 
 async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
+    lock_fd = lock_data_dir(settings)
     platform, app = build(settings)
     for warning in platform.sandbox_warnings:
         log.warning("WARNING: %s", warning)
@@ -132,6 +150,7 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
                 close()
         with contextlib.suppress(Exception):
             platform.db.close()
+        os.close(lock_fd)
     print("squall: stopped", file=sys.stderr, flush=True)
 
 
@@ -140,4 +159,8 @@ def run(settings: Settings) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     import uvloop
 
-    uvloop.run(serve(settings))
+    try:
+        uvloop.run(serve(settings))
+    except SquallError as exc:
+        print(f"squall: {exc.message} [{exc.code}]", file=sys.stderr)
+        sys.exit(1)
