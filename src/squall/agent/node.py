@@ -280,7 +280,7 @@ class Agent:
 
     def zygotes(self) -> list[dict[str, Any]]:
         return [{"key": k, "function": s.spec.function, "version": s.spec.version,
-                 "pid": s.zygote.pid}
+                 "pid": s.zygote.runtime_pid, "rss_bytes": _rss(s.zygote.runtime_pid)}
                 for k, s in self._slots.items() if s.zygote is not None and not s.zygote.dead]
 
     async def run(self) -> None:
@@ -351,7 +351,7 @@ class Agent:
         """Stop the least recently used zygotes without instances while over the budget."""
         budget = self.settings.zygote_memory_budget_mb * 1024 * 1024
         live = [s for s in self._slots.values() if s.zygote is not None and not s.zygote.dead]
-        sizes = {s.spec.key: _rss(s.zygote.pid) for s in live if s.zygote is not None}
+        sizes = {s.spec.key: _rss(s.zygote.runtime_pid) for s in live if s.zygote is not None}
         total = sum(sizes.values())
         for slot in sorted(live, key=lambda s: s.last_used):
             if total <= budget:

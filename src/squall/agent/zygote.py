@@ -122,7 +122,22 @@ class Zygote:
 
     @property
     def pid(self) -> int | None:
+        """The process we started: the zygote itself, or the sandbox's launcher (bwrap)."""
         return None if self._proc is None else self._proc.pid
+
+    @property
+    def runtime_pid(self) -> int | None:
+        """The host pid of the Python zygote: below the sandbox's own processes (bwrap, then
+        bwrap's init in the new pid namespace), each of which has exactly one child."""
+        pid = self.pid
+        for _ in range(4):
+            if pid is None or _proc_text(f"/proc/{pid}/comm").strip() != "bwrap":
+                break
+            children = _proc_text(f"/proc/{pid}/task/{pid}/children").split()
+            if len(children) != 1:
+                break
+            pid = int(children[0])
+        return pid
 
     def sandbox_env(self) -> dict[str, str]:
         return dict(self.sandbox.spec.env)
@@ -200,3 +215,11 @@ class Zygote:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+
+
+def _proc_text(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return ""
