@@ -27,7 +27,7 @@ import httpx
 import nats
 import redis.asyncio as aioredis
 from platform_proc import Platform
-from util import WRK_HINT, free_port, stop, summary, wait_for
+from util import WRK_HINT, free_port, run_steps, stop, summary, wait_for
 
 HERE = Path(__file__).resolve().parent
 KINDS = ("redis", "nats", "amqp", "mqtt", "postgres")
@@ -486,13 +486,7 @@ def run(quick: bool, log: Log) -> dict[str, Any]:
                     return {"skipped": why}
                 return asyncio.run(connector_latency(p, kind, n, Path(tmp)))
             steps.append((f"latency_{kind}", one))
-        for key, fn in steps:
-            log(f"  events: {key} ...")
-            try:
-                out[key] = fn()
-            except Exception as exc:  # one broken measurement must not hide the others
-                out[key] = {"error": f"{type(exc).__name__}: {exc}"}
-                log(f"    FAILED: {out[key]['error']}")
+        run_steps(steps, out, log, "events")
         out["platform_log_tail"] = p.log_tail(20)
     return out
 

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 from baselines import warm_latency
 from platform_proc import Platform
-from util import smaps_rollup, summary, wait_for, wrk
+from util import run_steps, smaps_rollup, summary, wait_for, wrk
 
 FUNCTIONS = Path(__file__).resolve().parent / "functions"
 INSTANCE_HEADER = "x-squall-instance-id"
@@ -176,13 +176,7 @@ def run_main(quick: bool, sandbox: str | None, log: Callable[[str], None]) -> di
                 out["deploy_numpy_s"] = p.deploy(FUNCTIONS / "numpy_fn", "numpy-fn")
                 return cold_starts(p, "numpy-fn", 25)
             steps += [("cold_numpy", heavy), ("mem_numpy", lambda: memory(p, "numpy-fn", 10))]
-        for key, fn in steps:
-            log(f"  squall[{out['sandbox']}]: {key} ...")
-            try:
-                out[key] = fn()
-            except Exception as exc:  # one broken measurement must not hide the others
-                out[key] = {"error": f"{type(exc).__name__}: {exc}"}
-                log(f"    FAILED: {out[key]['error']}")
+        run_steps(steps, out, log, f"squall[{out['sandbox']}]")
         out["platform_log_tail"] = p.log_tail(20)
     return out
 

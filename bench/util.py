@@ -137,3 +137,15 @@ def smaps_rollup(pid: int) -> dict[str, float]:
     uss_kb = fields.get("Private_Clean", 0) + fields.get("Private_Dirty", 0)
     return {"uss_mb": uss_kb / 1024.0, "pss_mb": fields.get("Pss", 0) / 1024.0,
             "rss_mb": fields.get("Rss", 0) / 1024.0}
+
+
+def run_steps(steps: list[tuple[str, Callable[[], Any]]], out: dict[str, Any],
+              log: Callable[[str], None], label: str) -> None:
+    """Run each measurement; one broken measurement must not hide the others."""
+    for key, fn in steps:
+        log(f"  {label}: {key} ...")
+        try:
+            out[key] = fn()
+        except Exception as exc:
+            out[key] = {"error": f"{type(exc).__name__}: {exc}"}
+            log(f"    FAILED: {out[key]['error']}")

@@ -16,6 +16,8 @@ from typing import Any
 import httpx
 import pytest
 
+from squall.store.db import Database
+
 BIN = Path(sys.executable).parent
 SQUALL = str(BIN / "squall")
 
@@ -167,6 +169,15 @@ def make_fn(tmp_path: Path) -> Callable[..., Path]:
         return d
 
     return make
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Iterator[Database]:
+    """A real, migrated SQLite database in a temp dir."""
+    d = Database(tmp_path / "squall.db")
+    d.open()
+    yield d
+    d.close()
 
 
 def require_service(host: str, port: int, name: str) -> None:

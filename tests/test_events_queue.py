@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,14 +12,6 @@ import pytest
 from squall.events.retry import RetryPolicy, after_failure, backoff_s, expired
 from squall.store import queue
 from squall.store.db import Database
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> Iterator[Database]:
-    d = Database(tmp_path / "squall.db")
-    d.open()
-    yield d
-    d.close()
 
 
 def put(conn: sqlite3.Connection, id: str, now: float = 100.0, key: str | None = None,

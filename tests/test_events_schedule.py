@@ -7,7 +7,7 @@ import asyncio
 import itertools
 import time
 import zoneinfo
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from types import SimpleNamespace
@@ -123,13 +123,6 @@ class Logs:
     def append(self, function: str, request_id: str, line: str) -> None:
         self.lines.append(line)
 
-
-@pytest.fixture
-def db(tmp_path: Path) -> Iterator[Database]:
-    d = Database(tmp_path / "squall.db")
-    d.open()
-    yield d
-    d.close()
 
 
 async def until(pred: Callable[[], Any]) -> Any:
