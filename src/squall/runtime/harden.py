@@ -141,6 +141,19 @@ def drop_capabilities() -> None:
     _check(_libc.capset(ctypes.byref(header), ctypes.byref(data)), "capset")
 
 
+def apply_zygote(opts: dict[str, Any]) -> None:
+    """The zygote's own fence, applied to itself before it imports any function code.
+
+    ``seccomp``: "zygote" -> the zygote variant of the filter (its instances can still mount
+    their private /tmp), "full" -> the instances' filter, absent -> none. Raises OSError.
+    """
+    kind = opts.get("seccomp")
+    if kind == "zygote":
+        seccomp.install(seccomp.build_filter(zygote=True))
+    elif kind == "full":
+        seccomp.install()
+
+
 def apply(opts: dict[str, Any]) -> None:
     # The zygote is our parent; when it dies we die (the zygote itself dies with the platform).
     _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)

@@ -16,6 +16,13 @@ for them see an ordinary "not permitted" instead of dying. Program shape (x86_64
     jeq clone  -> check args[0] & CLONE_NEW* -> EPERM or ALLOW
     jeq mount  -> EPERM ... (one jeq per denied syscall)
     ALLOW
+
+The zygote gets the same program with two exceptions (``build_filter(zygote=True)``), because its
+instances must still unshare a mount namespace and mount their private /tmp before they install
+the full filter on top: unshare is allowed for exactly CLONE_NEWNS, and mount for exactly the
+flags of a fresh tmpfs (MS_NOSUID | MS_NODEV: no bind, remount, move or propagation change).
+Seccomp cannot read the strings a pointer argument points to, so the filesystem type is not
+checked; what else such a mount can do is bounded by the zygote's namespaces (bwrap.py).
 """
 
 from __future__ import annotations
@@ -40,6 +47,9 @@ SECCOMP_RET_ALLOW = 0x7FFF0000
 _OFF_NR = 0
 _OFF_ARCH = 4
 _OFF_ARG0_LO = 16                 # little-endian: the low 32 bits of args[0] come first
+_OFF_ARG0_HI = 20
+_OFF_ARG3_LO = 16 + 3 * 8
+_OFF_ARG3_HI = 16 + 3 * 8 + 4
 
 AUDIT_ARCH_X86_64 = 0xC000003E
 AUDIT_ARCH_AARCH64 = 0xC00000B7
@@ -48,6 +58,11 @@ X32_SYSCALL_BIT = 0x40000000
 # CLONE_NEWNS | NEWCGROUP | NEWUTS | NEWIPC | NEWUSER | NEWPID | NEWNET | NEWTIME
 CLONE_NEW_MASK = 0x00020000 | 0x02000000 | 0x04000000 | 0x08000000 | 0x10000000 | 0x20000000 \
     | 0x40000000 | 0x00000080
+
+CLONE_NEWNS = 0x00020000
+MS_NOSUID = 0x2
+MS_NODEV = 0x4
+TMPFS_MOUNT_FLAGS = MS_NOSUID | MS_NODEV   # runtime/harden.py mounts /tmp and /dev/shm so
 
 PR_SET_NO_NEW_PRIVS = 38
 PR_SET_SECCOMP = 22
@@ -105,14 +120,31 @@ def _insn(code: int, k: int, jt: int = 0, jf: int = 0) -> bytes:
     return _INSN.pack(code, jt, jf, k)
 
 
-def build_filter(machine: str | None = None) -> bytes:
-    """The BPF program for ``machine`` (``uname -m``; default: this one) as sock_filter bytes."""
+def _allow_only(nr: int, off_lo: int, off_hi: int, value: int) -> list[bytes]:
+    """Syscall ``nr`` is allowed when its 64-bit argument (at ``off_lo``/``off_hi``) equals
+    ``value``, denied with EPERM otherwise; any other syscall jumps over these 7 insns."""
+    eperm = SECCOMP_RET_ERRNO | errno.EPERM
+    return [
+        _insn(_JEQ_K, nr, jf=6),
+        _insn(_LD_W_ABS, off_hi),
+        _insn(_JEQ_K, 0, jf=2),           # high half must be 0
+        _insn(_LD_W_ABS, off_lo),
+        _insn(_JEQ_K, value, jt=1),
+        _insn(_RET_K, eperm),
+        _insn(_RET_K, SECCOMP_RET_ALLOW),
+    ]
+
+
+def build_filter(machine: str | None = None, zygote: bool = False) -> bytes:
+    """The BPF program for ``machine`` (``uname -m``; default: this one) as sock_filter bytes;
+    ``zygote``: the zygote's variant (see the module docstring)."""
     machine = machine or os.uname().machine
     if machine not in SYSCALLS:
         raise SeccompError(errno.ENOTSUP, f"no seccomp syscall table for architecture {machine}")
     nrs = SYSCALLS[machine]
     eperm = SECCOMP_RET_ERRNO | errno.EPERM
-    denied = [nrs[name] for name in DENIED]
+    exempt = ("unshare", "mount") if zygote else ()
+    denied = [nrs[name] for name in DENIED if name not in exempt]
     prog = [
         _insn(_LD_W_ABS, _OFF_ARCH),
         _insn(_JEQ_K, _AUDIT_ARCH[machine], jt=1),
@@ -131,6 +163,9 @@ def build_filter(machine: str | None = None) -> bytes:
         _insn(_RET_K, eperm),
         _insn(_RET_K, SECCOMP_RET_ALLOW),
     ]
+    if zygote:
+        prog += _allow_only(nrs["unshare"], _OFF_ARG0_LO, _OFF_ARG0_HI, CLONE_NEWNS)
+        prog += _allow_only(nrs["mount"], _OFF_ARG3_LO, _OFF_ARG3_HI, TMPFS_MOUNT_FLAGS)
     # One jeq per denied number: on a match fall through to the shared EPERM at the end.
     for i, nr in enumerate(denied):
         remaining = len(denied) - i - 1

@@ -11,15 +11,26 @@ Contract (the same for every implementation):
   Calling ``usage`` or ``release`` for an unknown or already released instance is harmless.
 - ``prepare`` may be called (from a worker thread) to make the next ``place`` cheap.
 - ``destroy`` removes everything this sandbox created; calling anything after it is harmless.
+- The zygote's start: ``prepare_zygote`` (off the event loop) makes what it needs ahead (its
+  cgroup); ``zygote_launch`` is what the platform's forked child runs before exec, as root (join
+  that cgroup, drop to ``spec.uid``); ``zygote_env`` is the zygote's whole environment;
+  ``zygote_harden`` is what the zygote applies to itself before it imports any function code.
+
+Host uids: every sandbox of a root platform runs as ``SandboxSpec.uid``, the tenant's unprivileged
+host uid, never as root. A version without a tenant uid gets ``FALLBACK_UID``: below the first
+tenant range (100000 + 65536 * n), above every ordinary login uid, and not 65534 (nobody), which
+other daemons use. A platform that is not root runs sandboxes as its own uid.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
 Network = Literal["host", "none"]
+FALLBACK_UID = 99_999
 
 
 @dataclass(frozen=True)
@@ -38,8 +49,11 @@ class SandboxSpec:
     key: str                      # unique per version, safe as a path component
     code_dir: Path                # the unpacked bundle, mounted read-only
     python_paths: list[Path]      # dependency site-packages, then the platform's runtime paths
-    env: dict[str, str]           # the function's own variables plus the runtime's, nothing else
+    # the function's own variables (secrets included) plus the runtime's, nothing else; never
+    # logged, never put on a command line (host users can read those)
+    env: dict[str, str] = field(repr=False)
     limits: Limits = field(default_factory=Limits)
+    uid: int = FALLBACK_UID       # host uid (and gid) the sandbox runs as when the platform is root
 
 
 @dataclass(frozen=True)
@@ -61,8 +75,24 @@ class Sandbox(Protocol):
 
     def harden_opts(self) -> dict[str, Any]: ...
 
+    def zygote_env(self) -> dict[str, str]: ...
+
+    def zygote_harden(self) -> dict[str, Any]: ...
+
+    def prepare_zygote(self) -> None:
+        """Make the zygote's cgroup, off the event loop. Raises SandboxError if it cannot."""
+        ...
+
+    def zygote_launch(self) -> Callable[[], None] | None: ...
+
     def prepare(self) -> None:
         """Make resources for the next instances ahead, off the event loop. Harmless any time."""
+        ...
+
+    def arm(self, zygote_pid: int) -> None:
+        """Between two forks, off the event loop: put the zygote (host pid) where its next child
+        should be born (a prepared instance cgroup), so ``place`` has no migration to do. The
+        caller sends no fork request while it runs. Harmless any time; may do nothing."""
         ...
 
     def place(self, instance_id: str, pid: int) -> None: ...

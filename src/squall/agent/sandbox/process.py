@@ -1,15 +1,23 @@
 """The ``process`` sandbox: a plain child process held by rlimits only.
 
-The fallback where bubblewrap or namespaces are missing. It isolates nothing from the filesystem;
-``squall up`` and ``squall doctor`` warn loudly when it is in use.
+The fallback where bubblewrap or namespaces are missing, used only when asked for by name
+(``--sandbox process``): it isolates nothing from the filesystem; ``squall up`` and ``squall
+doctor`` warn loudly when it is in use. A root platform still never runs it as root: the zygote
+starts as the version's unprivileged uid, with the Python install, the code and the dependencies
+staged where that uid can read them (stage.py; the stage's tmpfs is also the zygote's /tmp).
 """
 
 from __future__ import annotations
 
+import os
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from squall.agent.sandbox.api import SandboxSpec, Usage
+from squall.agent.sandbox.stage import Launch, check_readable, host_ids, stage_binds, staged
+from squall.errors import SandboxError
 
 
 class ProcessSandbox:
@@ -17,12 +25,24 @@ class ProcessSandbox:
 
     def __init__(self, spec: SandboxSpec) -> None:
         self.spec = spec
+        self._ids = host_ids(spec.uid)
+        self._stage: tuple[tuple[str, str], ...] = ()
+        if self._ids is not None:
+            self._stage = stage_binds([Path(sys.base_prefix), Path(spec.code_dir),
+                                       *spec.python_paths])
 
     def zygote_argv(self, argv: list[str], pass_fds: list[int]) -> list[str]:
-        return argv
+        exe = self.map_path(argv[0]) if os.path.isabs(argv[0]) else argv[0]
+        return [exe, *argv[1:]]
 
-    def map_path(self, host_path: Path) -> str:
-        return str(host_path)
+    def map_path(self, host_path: str | os.PathLike[str]) -> str:
+        if not self._stage:
+            return str(host_path)
+        for candidate in (os.path.abspath(host_path), os.path.realpath(host_path)):
+            mapped = staged(self._stage, candidate)
+            if mapped is not None:
+                return mapped
+        raise SandboxError(f"{host_path} is not staged for the sandbox uid")
 
     def harden_opts(self) -> dict[str, Any]:
         limits = self.spec.limits
@@ -34,7 +54,26 @@ class ProcessSandbox:
         return {"rlimits": {"RLIMIT_AS": address_space, "RLIMIT_NPROC": 4096},
                 "drop_caps": True, "no_new_privs": True, "seccomp": True}
 
+    def zygote_env(self) -> dict[str, str]:
+        return dict(self.spec.env)
+
+    def zygote_harden(self) -> dict[str, Any]:
+        return {"seccomp": "full"}   # no instance here mounts anything
+
+    def prepare_zygote(self) -> None:
+        if self._ids is not None:
+            check_readable([Path(host) for host, _ in self._stage], *self._ids)
+
+    def zygote_launch(self) -> Callable[[], None] | None:
+        if self._ids is None:
+            return None
+        return Launch(*self._ids, binds=self._stage, stage_mode=0o1777,
+                      stage_mb=self.spec.limits.ephemeral_mb)
+
     def prepare(self) -> None:
+        return None
+
+    def arm(self, zygote_pid: int) -> None:
         return None
 
     def place(self, instance_id: str, pid: int) -> None:
