@@ -1,0 +1,97 @@
+"""Cluster sync: keep this gateway's in-memory caches in step with a store others write too.
+
+What the hot path reads without a database round trip - the registry's functions, the
+identity's tenants, keys and secrets, the alias table, the scheduler's schedules - is written
+through by the gateway that changes it. A gateway sharing the store (PostgreSQL) hears of the
+change from ``Database.watch`` (LISTEN/NOTIFY, sent by the store at commit) and reloads the part
+that changed here. On SQLite one process owns the store and this never runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from squall.errors import SquallError
+from squall.platform import Platform
+from squall.registry import FunctionRecord
+from squall.store import functions as store_fn
+
+if TYPE_CHECKING:
+    from squall.tenancy.service import Identity
+
+log = logging.getLogger("squall.sync")
+IDENTITY_TABLES = frozenset({"tenants", "api_keys", "secrets"})
+
+
+async def run(platform: Platform) -> None:
+    """Until cancelled: refresh after every batch of changes made by other gateways."""
+    await platform.db.watch(lambda tables: refresh(platform, tables))
+
+
+async def refresh(platform: Platform, tables: frozenset[str]) -> None:
+    if tables & IDENTITY_TABLES and platform.identity is not None:
+        await _identity(platform)
+    if "functions" in tables:
+        await _functions(platform)
+    if "aliases" in tables:
+        platform.invoker.aliases.reload()
+    if "triggers" in tables and platform.events is not None:
+        platform.events.scheduler.changed.set()  # it reads the schedules again
+
+
+async def _functions(platform: Platform) -> None:
+    """Adopt versions deployed elsewhere (once their bundle is here), forget removed functions;
+    this node's instances of a replaced or removed version are retired."""
+    registry = platform.registry
+    rows = await platform.db.run(store_fn.latest_versions)
+    fresh = {(r.namespace, r.name): FunctionRecord.from_row(r) for r in rows}
+    for rec in fresh.values():
+        current = registry.get(rec.name, rec.namespace)
+        if current is not None and (current.version, current.sha256) == (rec.version,
+                                                                          rec.sha256):
+            continue
+        try:
+            await registry.ensure_local(rec)
+        except SquallError:  # its bundle or requirements cannot be had: keep serving the rest
+            log.exception("cannot take version %d of %s/%s", rec.version, rec.namespace,
+                          rec.name)
+            continue
+        registry.adopt(rec)
+        log.info("took version %d of %s/%s from the store", rec.version, rec.namespace, rec.name)
+        if current is not None:
+            _retire(platform, current)
+    for rec in registry.all():
+        if (rec.namespace, rec.name) not in fresh:
+            registry.forget(rec)
+            _retire(platform, rec)
+            if platform.identity is not None:
+                platform.identity.forget_function(rec.namespace, rec.name)
+            platform.invoker.aliases.reload()
+
+
+def _retire(platform: Platform, rec: FunctionRecord) -> None:
+    """In the background: retiring drains in-flight work first, which may take a while."""
+    key = platform.registry.version_spec(rec).key
+    task = asyncio.get_running_loop().create_task(platform.agent.retire(key))
+    platform.agent.track(task)
+
+
+async def _identity(platform: Platform) -> None:
+    """Reload tenants, keys and secrets; a tenant whose secrets changed is announced to the
+    secret listeners exactly as a local change is (new instances see the new values)."""
+    identity = platform.identity
+    assert identity is not None
+    before = _secret_stamps(identity)
+    await identity.load()
+    after = _secret_stamps(identity)
+    for tenant in sorted(before.keys() | after.keys()):
+        if before.get(tenant) != after.get(tenant):
+            for listener in identity.secrets.listeners:
+                listener(tenant)
+
+
+def _secret_stamps(identity: Identity) -> dict[str, list[tuple[str, float]]]:
+    return {t.name: [(s["name"], s["updated_at"]) for s in identity.secrets.names(t.name)]
+            for t in identity.tenants()}
