@@ -6,7 +6,7 @@ PORT ?= 8080
 DATA_DIR ?= .squall
 STAMP := $(VENV)/.installed
 
-.PHONY: run test bench bench-quick lint setup clean
+.PHONY: run test bench bench-quick soak lint setup clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -31,6 +31,11 @@ bench: $(STAMP)
 
 bench-quick: $(STAMP)
 	$(BIN)/python bench/run.py --quick
+
+# 30 minutes of mixed load against its own `squall up` (SOAK_MINUTES=5 make soak for less);
+# writes bench/results/soak-<date>.md/.png. Not part of `make test`.
+soak: $(STAMP)
+	$(BIN)/python bench/soak.py
 
 clean:
 	rm -rf $(VENV) .squall .pytest_cache .mypy_cache .ruff_cache

@@ -42,7 +42,8 @@ def main() -> int:
                 return 1
             time.sleep(0.1)
     for example in sorted(p for p in (ROOT / "examples").iterdir() if p.is_dir()):
-        result = subprocess.run([squall, "--url", url, "deploy", str(example)],
+        result = subprocess.run([squall, "--url", url, "--data-dir", args.data_dir, "deploy",
+                                 str(example)],
                                 env={**os.environ}, check=False)
         if result.returncode != 0:
             print(f"warning: could not deploy {example.name}", file=sys.stderr)

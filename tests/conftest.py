@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from squall.store.db import Database
+from squall.store.db import Database, open_database
 
 BIN = Path(sys.executable).parent
 SQUALL = str(BIN / "squall")
@@ -52,6 +52,7 @@ class PlatformProc:
         self.proc: subprocess.Popen[bytes] | None = None
         self.http = httpx.Client(base_url=self.url, timeout=60)
         self.log_path = data_dir.parent / f"platform-{self.port}.log"
+        self.admin_key = ""
 
     @property
     def pid(self) -> int:
@@ -75,6 +76,11 @@ class PlatformProc:
                 return False
 
         wait_for(healthy, timeout=30, message="the platform to answer /healthz")
+        # The admin key written on the first start of the data dir: every /api/v1 call needs a
+        # key, so the test client and the CLI send this one unless a test says otherwise.
+        self.admin_key = (self.data_dir / "admin-key").read_text().strip()
+        self.http.headers["authorization"] = f"Bearer {self.admin_key}"
+        self.env["SQUALL_API_KEY"] = self.admin_key
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -171,13 +177,24 @@ def make_fn(tmp_path: Path) -> Callable[..., Path]:
     return make
 
 
-@pytest.fixture
-def db(tmp_path: Path) -> Iterator[Database]:
-    """A real, migrated SQLite database in a temp dir."""
-    d = Database(tmp_path / "squall.db")
-    d.open()
-    yield d
-    d.close()
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
+    """A real, migrated store, once per backend: a SQLite file in a temp dir, and PostgreSQL
+    (a fresh schema of the test database, tests/pg_helpers.py; skipped when unreachable)."""
+    if request.param == "sqlite":
+        d = Database(tmp_path / "squall.db")
+        d.open()
+        yield d
+        d.close()
+        return
+    from tests.pg_helpers import pg_address, pg_schema
+
+    require_service(*pg_address(), "PostgreSQL")
+    with pg_schema() as url:
+        d = open_database(url, tmp_path)
+        d.open()
+        yield d
+        d.close()
 
 
 def require_service(host: str, port: int, name: str) -> None:

@@ -247,7 +247,7 @@ def test_logs_follow_prints_new_lines(platform: PlatformProc) -> None:
 
     platform.deploy(HELLO)
     follower = subprocess.Popen([SQUALL, "--url", platform.url, "logs", "hello", "--follow"],
-                                stdout=subprocess.PIPE)
+                                stdout=subprocess.PIPE, env=platform.env)
     try:
         rid = platform.invoke("hello").headers["x-squall-request-id"]
         assert follower.stdout is not None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+import time
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
@@ -31,6 +32,7 @@ class BatchWriter(Generic[T]):
         self._items: list[T] = []
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
+        self.on_flush: Callable[[float], None] | None = None  # seconds per write (metrics)
 
     def append(self, item: T) -> None:
         self._items.append(item)
@@ -43,7 +45,10 @@ class BatchWriter(Generic[T]):
             if not items:
                 return
             try:
+                t0 = time.perf_counter()
                 await self._db.run(lambda conn: self._write(conn, items))
+                if self.on_flush is not None:
+                    self.on_flush(time.perf_counter() - t0)
             except sqlite3.Error:
                 log.exception("dropping %d records after a store error", len(items))
 

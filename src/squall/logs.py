@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Callable
 
 from squall.batch import BatchWriter
 from squall.store import logs as store_logs
@@ -44,6 +45,9 @@ class LogSink:
                      namespace: str = "default") -> None:
         """All the lines of one invocation, in order, as one entry."""
         self._batch.append((namespace, function, request_id, time.time(), "\n".join(lines)))
+
+    def observe_flush(self, observe: Callable[[float], None]) -> None:
+        self._batch.on_flush = observe
 
     async def flush(self) -> None:
         await self._batch.flush()

@@ -12,8 +12,10 @@ if TYPE_CHECKING:
     from squall.invoker.invoker import LocalInvoker
     from squall.logs import LogSink
     from squall.metering.recorder import Recorder
+    from squall.observability import Observability
     from squall.registry import Registry
     from squall.store.db import Database
+    from squall.tenancy.service import Identity
 
 
 @dataclass
@@ -29,6 +31,8 @@ class Platform:
     sandbox_backend: str
     sandbox_warnings: list[str]
     events: Any = None  # squall.events.service.EventService, when the events package is wired
+    obs: Observability | None = None  # metrics and tracing (squall.observability)
+    identity: Identity | None = None  # tenants, keys, secrets, quotas (squall.tenancy)
 
 
 def platform_of(app_state: Any) -> Platform:

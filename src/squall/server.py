@@ -16,21 +16,39 @@ import uvicorn
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute
 
+from squall import sync
 from squall.agent.node import Agent
 from squall.agent.sandbox.api import SandboxBackend
+from squall.api import aliases as api_aliases
+from squall.api import console as api_console
 from squall.api import functions as api_functions
+from squall.api import observability as api_observability
+from squall.api import openapi
+from squall.api import replay as api_replay
+from squall.api import routes as api_routes
+from squall.api import tenancy as api_tenancy
 from squall.api.errors import HANDLERS
+from squall.bundle.shared import BundleCache
 from squall.config import Settings
 from squall.deploy import Deployer
 from squall.errors import ServiceUnavailable, SquallError
 from squall.gateway.app import Gateway
 from squall.invoker.invoker import LocalInvoker
+from squall.lambda_api.app import LambdaGateway
 from squall.logs import LogSink
 from squall.metering.recorder import Recorder
+from squall.observability import logfmt
+from squall.observability import wiring as observability
 from squall.platform import Platform
-from squall.registry import Registry
+from squall.registry import FunctionRecord, Registry
+from squall.replay import capture as replay_capture
+from squall.storage.listener import serve_s3
 from squall.store import functions as store_fn
-from squall.store.db import Database
+from squall.store import tenants as store_tenants
+from squall.store.db import Database, open_database
+from squall.tenancy.crypto import Sealer, load_master_key
+from squall.tenancy.secrets import finish_rotation, references
+from squall.tenancy.service import Identity
 
 log = logging.getLogger("squall")
 
@@ -46,15 +64,12 @@ class _Server(uvicorn.Server):
             self.should_exit = True
 
 
-def choose_backend(setting: str) -> tuple[SandboxBackend, list[str]]:
-    try:
-        from squall.agent.sandbox.detect import choose_backend as detect
-    except ImportError:
-        from squall.agent.sandbox.process import ProcessBackend
+def choose_backend(settings: Settings) -> tuple[SandboxBackend, list[str]]:
+    """The sandbox backend and its startup warnings; SandboxError ``sandbox_unavailable`` when
+    bwrap is wanted (auto, bwrap) but none works here: never a silent fall back to no isolation."""
+    from squall.agent.sandbox.detect import choose_backend as detect
 
-        return ProcessBackend(), ["bubblewrap sandbox not available in this build: "
-                                  "functions run as plain processes"]
-    return detect(setting)
+    return detect(settings.sandbox, settings.bwrap_system, settings.bwrap_wheel)
 
 
 def lock_data_dir(settings: Settings) -> int:
@@ -75,10 +90,14 @@ def lock_data_dir(settings: Settings) -> int:
 def build(settings: Settings) -> tuple[Platform, Any]:
     """Create every part and the ASGI app. The database is opened (and migrated) here."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    db = Database(settings.data_dir / "squall.db")
+    db = open_database(settings.store, settings.data_dir)
     db.open()
-    backend, warnings = choose_backend(settings.sandbox)
+    backend, warnings = choose_backend(settings)
     registry = Registry(db, settings.data_dir)
+    if db.shared:  # other gateways deploy too: their bundles come through the store
+        registry.bundles = BundleCache(db, registry.bundles_dir, registry.envs_dir,
+                                       max_bytes=settings.max_bundle_bytes,
+                                       max_files=settings.max_bundle_files)
     agent = Agent(settings, backend)
     recorder = Recorder(db)
     logs = LogSink(db, settings.log_entries_per_function)
@@ -87,7 +106,8 @@ def build(settings: Settings) -> tuple[Platform, Any]:
     platform = Platform(settings=settings, db=db, registry=registry, agent=agent,
                         invoker=invoker, deployer=deployer, recorder=recorder, logs=logs,
                         sandbox_backend=backend.name, sandbox_warnings=warnings)
-    routes: list[BaseRoute] = list(api_functions.ROUTES)
+    identity = _wire_identity(platform)
+    endpoints = [*api_functions.ENDPOINTS, *api_tenancy.ENDPOINTS, *api_aliases.ENDPOINTS]
     try:
         from squall.api import events as api_events
         from squall.events.service import EventService
@@ -95,14 +115,78 @@ def build(settings: Settings) -> tuple[Platform, Any]:
         log.warning("events package not available: async invocation and triggers are off")
     else:
         platform.events = EventService(settings, db, invoker, registry, logs)
-        routes.extend(api_events.ROUTES)
+        platform.events.identity = identity
+        endpoints.extend(api_events.ENDPOINTS)
+    observability.attach(platform)
+    endpoints.extend(api_observability.ENDPOINTS)
+    replay_capture.attach(platform)
+    endpoints.extend(api_replay.ENDPOINTS)
+    endpoints.extend(api_console.endpoints())
+    endpoints.append(openapi.endpoint(endpoints))
+    routes: list[BaseRoute] = list(api_routes.routes(endpoints))
     app = Starlette(routes=routes, exception_handlers=HANDLERS)
     app.state.platform = platform
-    return platform, Gateway(app, platform)
+    return platform, observability.edge(platform, LambdaGateway(Gateway(app, platform),
+                                                                platform))
+
+
+def _wire_identity(platform: Platform) -> Identity:
+    """Tenants, keys, secrets and quotas: one Identity, handed to every part that needs it."""
+    settings = platform.settings
+    identity = _identity(settings, platform.db)
+    platform.identity = platform.registry.identity = platform.deployer.identity = identity
+    platform.invoker.quotas = identity.quotas
+    platform.agent.tenant_limits = identity.limits
+    identity.secrets.listeners.append(lambda tenant: _secrets_changed(platform, tenant))
+    identity.region = settings.s3_region
+    if settings.s3_port:  # functions reach the object store with credentials of their own
+        host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+        scheme = "https" if settings.tls_cert else "http"
+        platform.registry.s3_endpoint = f"{scheme}://{host}:{settings.s3_port}"
+
+    async def forget_credentials(event: str, rec: FunctionRecord) -> None:
+        if event == "removed":
+            identity.forget_function(rec.namespace, rec.name)
+
+    platform.registry.add_listener(forget_credentials)
+    return identity
+
+
+def _identity(settings: Settings, db: Database) -> Identity:
+    """The master key (finishing a rotation a crash interrupted) and the identity service."""
+    key = load_master_key(settings.data_dir, settings.master_key or None)
+    probe = db.run_sync(store_tenants.list_keys)
+    if probe:
+        key = finish_rotation(settings.data_dir, key, probe[0]["sealed_secret"],
+                              f"key/{probe[0]['id']}")
+    return Identity(db, Sealer(key))
+
+
+def _secrets_changed(platform: Platform, tenant: str) -> None:
+    """New instances of the tenant's versions that use secrets must see the new values: their
+    cached specs are dropped and their sandboxes retired (in-flight work finishes first)."""
+    platform.registry.invalidate(tenant)
+    for rec in platform.registry.all():
+        if rec.namespace == tenant and references(rec.config.env):
+            key = platform.registry.version_spec(rec).key
+            task = asyncio.get_running_loop().create_task(platform.agent.retire(key))
+            platform.agent.track(task)
 
 
 async def _startup(platform: Platform) -> None:
+    assert platform.identity is not None
+    await platform.identity.load()
+    created = await platform.identity.bootstrap(platform.settings.data_dir)
+    if created is not None:
+        print(f"squall: created the admin API key in {created} (mode 0600); the CLI reads it "
+              f"from there, other clients send it as `Authorization: Bearer <key>`",
+              file=sys.stderr, flush=True)
     await platform.registry.load()
+    if platform.events is not None:
+        moved = await platform.events.seal_stored_trigger_secrets()
+        if moved:
+            log.info("sealed %d trigger secret(s) stored in plaintext by an earlier release",
+                     moved)
     overrides = await platform.db.run(store_fn.min_instances_overrides)
     for rec in platform.registry.all():
         minimum = overrides.get((rec.namespace, rec.name), rec.config.min_instances)
@@ -118,7 +202,13 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
     platform, app = build(settings)
     for warning in platform.sandbox_warnings:
         log.warning("WARNING: %s", warning)
+    tls = bool(settings.tls_cert)
+    if not tls and settings.host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("WARNING: serving on %s without TLS: API keys cross the network in clear "
+                    "text; pass --tls-cert and --tls-key", settings.host)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, loop="none",
+                            ssl_certfile=settings.tls_cert or None,
+                            ssl_keyfile=settings.tls_key or None,
                             http="httptools", lifespan="off", log_level="warning",
                             access_log=False, proxy_headers=False,
                             timeout_graceful_shutdown=int(
@@ -130,9 +220,19 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
                           tg.create_task(platform.logs.run()),
                           tg.create_task(platform.agent.run())]
             await _startup(platform)
+            assert platform.identity is not None
+            background.append(tg.create_task(platform.identity.run()))
             if platform.events is not None:  # after the registry is loaded
                 background.append(tg.create_task(platform.events.run()))
-            print(f"squall: serving on http://{settings.host}:{settings.port} "
+            if platform.db.shared:  # follow what other gateways change in the store
+                background.append(tg.create_task(sync.run(platform)))
+            background.append(tg.create_task(observability.run(platform)))
+            if platform.invoker.capture is not None:
+                background.append(tg.create_task(platform.invoker.capture.run()))
+            stop_s3 = asyncio.Event()
+            tg.create_task(serve_s3(settings, platform, stop_s3))
+            print(f"squall: serving on {'https' if tls else 'http'}://{settings.host}:"
+                  f"{settings.port} "
                   f"(data dir {settings.data_dir}, sandbox {platform.sandbox_backend}, "
                   f"pid {os.getpid()})", file=sys.stderr, flush=True)
             if ready is not None:
@@ -140,10 +240,12 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
             # uvicorn handles SIGINT/SIGTERM: stops accepting, waits for in-flight requests up
             # to the graceful deadline, returns; its signal handlers are restored afterwards.
             await server.serve()
+            stop_s3.set()
             await platform.agent.shutdown()
             for task in background:
                 task.cancel()
     finally:
+        observability.close(platform)
         close = getattr(platform.agent.backend, "close", None)
         if close is not None:
             with contextlib.suppress(Exception):
@@ -155,8 +257,7 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
 
 
 def run(settings: Settings) -> None:
-    logging.basicConfig(level=os.environ.get("SQUALL_LOG_LEVEL", "INFO").upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logfmt.configure_logging(settings.log_format, os.environ.get("SQUALL_LOG_LEVEL", "INFO"))
     import uvloop
 
     try:

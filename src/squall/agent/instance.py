@@ -10,11 +10,54 @@ import socket
 import struct
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
+from squall.runtime.adapters import lambda_response
 from squall.runtime.protocol import HEADER, MAX_FRAME, ProtocolError, decode, encode
 
 CRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+# Frames of one stream held while the consumer (the HTTP client) is slower than the function.
+# When full, the channel's reader waits: the instance then blocks in send, which is the
+# backpressure a streaming function should feel (at the price of its other in-flight requests
+# waiting too when it serves several at once).
+STREAM_WINDOW = 64
+_DEAD: dict[str, Any] = {"t": "dead"}
+
+
+class ClientGone(Exception):
+    """A StreamSink's client went away mid-stream; the instance is still producing."""
+
+
+class StreamSink(Protocol):
+    """Where a streamed response goes as it is produced (the gateway's HTTP response).
+
+    ``start`` is called once, before any ``send``; either raises ClientGone when the client has
+    left, which ends the relay and propagates to the caller of ``Instance.invoke`` (the instance
+    is still producing: kill it).
+    """
+
+    async def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None: ...
+
+    async def send(self, chunk: bytes) -> None: ...
+
+
+class Collected:
+    """The sink used when the caller has none (queue triggers, the Lambda API): the stream is
+    gathered into the Lambda response dict a non-streaming handler would have returned."""
+
+    def __init__(self) -> None:
+        self.status = 200
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.chunks: list[bytes] = []
+
+    async def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        self.status, self.headers = status, headers
+
+    async def send(self, chunk: bytes) -> None:
+        self.chunks.append(chunk)
+
+    def response(self) -> dict[str, Any]:
+        return lambda_response(self.status, self.headers, b"".join(self.chunks))
 
 
 def _resolve(fut: asyncio.Future[None]) -> None:
@@ -40,6 +83,7 @@ class Instance:
         self.invocations = 0
         self.inflight: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self.logs: dict[str, list[str]] = {}
+        self.streams: dict[str, asyncio.Queue[dict[str, Any]]] = {}  # after a head frame
         self.dead = False
         self.init_timing: Any = None  # agent.node.InitTiming of the cold start that made it
         self._sock = sock
@@ -61,10 +105,13 @@ class Instance:
         return 0 if self.dead else self.concurrency - len(self.inflight)
 
     async def invoke(self, request_id: str, event: Any, deadline_ms: float,
-                     ctx: dict[str, Any]) -> dict[str, Any]:
+                     ctx: dict[str, Any], sink: StreamSink | None = None) -> dict[str, Any]:
         """Send one invocation and wait for its result frame (``res`` or ``err``).
 
-        Raises InstanceDied if the channel closes first. The caller enforces the timeout.
+        A streamed response (``head``, ``body``... then ``res`` or ``err``) is relayed to
+        ``sink`` as it arrives, or, without one, gathered into the Lambda response dict that
+        becomes the ``res`` frame's value. Raises InstanceDied if the channel closes first, and
+        whatever the sink raises. The caller enforces the timeout, over the whole stream.
         """
         if self.dead or self._writer is None:
             raise InstanceDied("instance is not running")
@@ -76,10 +123,52 @@ class Instance:
             self._writer.write(
                 encode({"t": "inv", "id": request_id, "ev": event, "dl": deadline_ms, "ctx": ctx})
             )
-            return await fut
+            reply = await fut
+            if reply["t"] != "head":
+                return reply
+            return await self._relay(request_id, reply, sink)
         finally:
             self.inflight.pop(request_id, None)
+            if self.streams:
+                self._end_stream(request_id)
             self.last_used = time.monotonic()
+
+    async def _relay(self, request_id: str, head: dict[str, Any],
+                     sink: StreamSink | None) -> dict[str, Any]:
+        queue = self.streams[request_id]
+        out = Collected() if sink is None else sink
+        await out.start(int(head.get("s", 200)), [(bytes(k), bytes(v)) for k, v in head["h"]])
+        while True:
+            msg = await queue.get()
+            kind = msg["t"]
+            if kind == "body":
+                await out.send(msg["b"])
+            elif kind == "dead":
+                raise InstanceDied("instance exited during a streamed response")
+            elif isinstance(out, Collected) and kind == "res":
+                return {**msg, "v": out.response()}
+            else:
+                return msg
+
+    def _end_stream(self, request_id: str) -> None:
+        """Forget a stream; a reader waiting to put into its full queue is let go."""
+        queue = self.streams.pop(request_id, None)
+        while queue is not None and not queue.empty():
+            queue.get_nowait()
+
+    async def _to_stream(self, rid: str, kind: str, msg: dict[str, Any]) -> bool:
+        """Route a frame of a streamed response; False when it is not one."""
+        queue = self.streams.get(rid)
+        if queue is not None:
+            await queue.put(msg)
+            return True
+        if kind == "head":
+            fut = self.inflight.get(rid)
+            if fut is not None and not fut.done():
+                self.streams[rid] = asyncio.Queue(STREAM_WINDOW)
+                fut.set_result(msg)
+            return True
+        return kind == "body"  # of a stream already given up: dropped
 
     def take_logs(self, request_id: str) -> list[str]:
         return self.logs.pop(request_id, [])
@@ -99,10 +188,14 @@ class Instance:
                     lines = self.logs.get(rid)
                     if lines is not None:
                         lines.append(str(msg.get("m", "")))
+                elif self.streams and await self._to_stream(rid, kind, msg):
+                    pass
                 elif kind in ("res", "err"):
                     fut = self.inflight.get(rid)
                     if fut is not None and not fut.done():
                         fut.set_result(msg)
+                elif kind in ("head", "body"):
+                    await self._to_stream(rid, kind, msg)
         except (asyncio.IncompleteReadError, ConnectionError, ProtocolError, OSError):
             pass
         finally:
@@ -115,6 +208,10 @@ class Instance:
         for fut in self.inflight.values():
             if not fut.done():
                 fut.set_exception(InstanceDied("instance exited"))
+        for queue in self.streams.values():
+            if queue.full():  # the stream is broken anyway: its last chunk gives way
+                queue.get_nowait()
+            queue.put_nowait(_DEAD)
         self._on_exit(self)
 
     def kill(self) -> None:

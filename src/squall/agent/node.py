@@ -7,18 +7,27 @@ import contextlib
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from squall.agent.instance import Instance
 from squall.agent.pool import Pool, PoolSpec
-from squall.agent.sandbox.api import Limits, Sandbox, SandboxBackend, SandboxSpec, Usage
+from squall.agent.runtimes import make_zygote
+from squall.agent.sandbox.api import (
+    FALLBACK_UID,
+    Limits,
+    Sandbox,
+    SandboxBackend,
+    SandboxSpec,
+    Usage,
+)
 from squall.agent.zygote import Zygote, ZygoteConfig
-from squall.bundle.spec import FunctionConfig
+from squall.bundle.spec import FunctionConfig, runtime_kind
 from squall.config import Settings
-from squall.errors import SandboxError
+from squall.errors import SandboxError, TooManyRequests
 from squall.scaling.autoscaler import (
     ConcurrencyWindow,
     Decision,
@@ -26,6 +35,9 @@ from squall.scaling.autoscaler import (
     ScalingState,
     decide,
 )
+
+if TYPE_CHECKING:
+    from squall.tenancy.model import TenantLimits
 
 log = logging.getLogger("squall.agent")
 
@@ -74,6 +86,11 @@ class VersionSpec:
     code_dir: Path
     dep_paths: list[Path]
     config: FunctionConfig
+    # The tenant's unprivileged host uid the sandbox runs as (None: the platform's own uid).
+    uid: int | None = None
+    # Environment resolved by the platform beside config.env: secret references, decrypted.
+    # Never logged, never written to disk; only the instance's environment sees it.
+    secret_env: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def key(self) -> str:
@@ -116,6 +133,11 @@ class Agent:
         self._slots: dict[str, _Slot] = {}
         self._stopping: set[asyncio.Task[None]] = set()
         self._releaser = ThreadPoolExecutor(max_workers=1, thread_name_prefix="squall-release")
+        # Moves Python zygotes into their next instance's cgroup between forks (Zygote's
+        # arm_executor): a thread of its own, so a fork never waits behind a burst of releases.
+        self._armer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="squall-arm")
+        # the tenants' quotas (squall.tenancy), set by the server; None: no limits
+        self.tenant_limits: Callable[[str], TenantLimits] | None = None
 
     # -- versions ---------------------------------------------------------------------------
 
@@ -130,15 +152,17 @@ class Agent:
                    "AWS_LAMBDA_FUNCTION_NAME": vs.function,
                    "AWS_LAMBDA_FUNCTION_VERSION": str(vs.version),
                    "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(cfg.memory_mb),
-                   **cfg.env}
+                   **cfg.env, **vs.secret_env}
             limits = Limits(memory_mb=cfg.memory_mb, pids=self.settings.pids_limit,
                             ephemeral_mb=cfg.ephemeral_mb, network=cfg.network,
                             timeout_s=cfg.timeout_s)
             from squall.agent.zygote import RUNTIME_PATHS
 
+            # The tenant's host uid; a version without one shares the fallback (never root).
+            uid = FALLBACK_UID if vs.uid is None else vs.uid
             sandbox = self.backend.create(SandboxSpec(
                 key=vs.key, code_dir=vs.code_dir,
-                python_paths=[*vs.dep_paths, *RUNTIME_PATHS], env=env, limits=limits))
+                python_paths=[*vs.dep_paths, *RUNTIME_PATHS], env=env, limits=limits, uid=uid))
             pool_spec = PoolSpec(max_instances=cfg.max_instances,
                                  min_instances=cfg.min_instances, concurrency=cfg.concurrency,
                                  keep_alive_s=cfg.keep_alive_s,
@@ -158,7 +182,7 @@ class Agent:
                     "memory_limit_in_mb": vs.config.memory_mb,
                     "invoked_function_arn":
                         f"arn:squall:lambda:local:{vs.namespace}:function:{vs.function}",
-                    "log_stream_name": vs.key})
+                    "log_stream_name": vs.key, "log_level": vs.config.log_level})
 
     async def zygote(self, vs: VersionSpec) -> tuple[Zygote, InitTiming]:
         """The running zygote of a version, built now if needed (timing says what was paid)."""
@@ -169,7 +193,10 @@ class Agent:
                 if slot.zygote is not None:
                     log.warning("rebuilding zygote of %s", vs.key)
                     await slot.zygote.stop()
-                z = Zygote(vs.key, slot.sandbox, self._zygote_config(vs), vs.code_dir)
+                z = make_zygote(vs.config.runtime, vs.key, slot.sandbox,
+                                self._zygote_config(vs), vs.code_dir)
+                if runtime_kind(vs.config.runtime) == "python":  # it forks its own instances
+                    z.arm_executor = self._armer
                 await z.start()
                 slot.zygote = z
                 self._prepare_next(slot)
@@ -179,8 +206,41 @@ class Agent:
         assert slot.zygote is not None
         return slot.zygote, timing
 
+    def tenant_memory_mb(self, namespace: str) -> int:
+        """Memory of a tenant's instances, running and starting (their limits, not their use)."""
+        return sum(slot.pool.size * slot.spec.config.memory_mb for slot in self._slots.values()
+                   if slot.spec.namespace == namespace)
+
+    def _admit(self, vs: VersionSpec) -> None:
+        """Before an instance starts: keep the tenant within ``max_memory_mb``. Idle instances
+        of the tenant's other versions give way first (least recently used); when none is left,
+        429 ``tenant_memory_exceeded``. The new instance is already counted (pool.starting)."""
+        limit = None if self.tenant_limits is None else \
+            self.tenant_limits(vs.namespace).max_memory_mb
+        if limit is None:
+            return
+        used = self.tenant_memory_mb(vs.namespace)
+        if used <= limit:
+            return
+        others = [s for s in self._slots.values()
+                  if s.spec.namespace == vs.namespace and s.spec.key != vs.key]
+        idle = sorted(((s, i) for s in others for i in s.pool.idle()),
+                      key=lambda pair: pair[1].last_used)
+        for slot, inst in idle:
+            if used <= limit:
+                break
+            slot.pool.detach([inst])
+            self._stop_later(slot, [inst])
+            used -= slot.spec.config.memory_mb
+        if used > limit:
+            raise TooManyRequests(
+                f"tenant {vs.namespace!r} has {used - vs.config.memory_mb} MB of instances "
+                f"running; one more of {vs.config.memory_mb} MB would pass its limit of {limit} "
+                f"MB", retry_after_s=1, code="tenant_memory_exceeded")
+
     def _starter(self, vs: VersionSpec) -> Any:
         async def start(pool: Pool) -> Instance:
+            self._admit(vs)
             z, timing = await self.zygote(vs)
             t0 = time.perf_counter()
             iid = uuid.uuid4().hex[:12]
@@ -216,6 +276,11 @@ class Agent:
         return self._slot(vs).sandbox.usage(instance_id)
 
     # -- lifecycle ---------------------------------------------------------------------------
+
+    def track(self, task: asyncio.Task[None]) -> None:
+        """Own a background task (awaited at shutdown)."""
+        self._stopping.add(task)
+        task.add_done_callback(self._stopping.discard)
 
     def _stop_later(self, slot: _Slot, insts: list[Instance]) -> None:
         for inst in insts:
@@ -278,8 +343,12 @@ class Agent:
                             "invocations": inst.invocations})
         return out
 
+    def pools(self) -> list[tuple[VersionSpec, Pool]]:
+        return [(s.spec, s.pool) for s in self._slots.values()]
+
     def zygotes(self) -> list[dict[str, Any]]:
-        return [{"key": k, "function": s.spec.function, "version": s.spec.version,
+        return [{"key": k, "function": s.spec.function, "namespace": s.spec.namespace,
+                 "version": s.spec.version,
                  "pid": s.zygote.runtime_pid, "rss_bytes": _rss(s.zygote.runtime_pid)}
                 for k, s in self._slots.items() if s.zygote is not None and not s.zygote.dead]
 
@@ -316,9 +385,15 @@ class Agent:
         slot.window.record(start, mean)
         decision = decide(spec, slot.window.stats(now, spec), ready, slot.scaling, now)
         slot.scaling = decision.state
-        if slot.decision is None or slot.decision.desired != decision.desired:
-            log.info("autoscaler %s: desired %d (ready %d): %s", slot.spec.key,
-                     decision.desired, ready, decision.reason)
+        previous = slot.decision
+        panic_changed = decision.panic != (previous is not None and previous.panic)
+        if previous is None or previous.desired != decision.desired or panic_changed:
+            # INFO only when it acts (scale out) or changes mode; "desired 0" for every version
+            # on every deploy, and scale-down (the keep-alive's job), are DEBUG noise.
+            level = logging.INFO if decision.desired > ready or panic_changed else logging.DEBUG
+            log.log(level, "autoscaler %s: desired %d (ready %d)%s: %s", slot.spec.key,
+                    decision.desired, ready, " panic" if decision.panic else "",
+                    decision.reason)
         slot.decision, slot.decided_at = decision, time.time()
         last = decision.state.last_request_at
         active = last is not None and now - last < cfg.keep_alive_s
@@ -370,6 +445,7 @@ class Agent:
         if self._stopping:
             await asyncio.gather(*self._stopping, return_exceptions=True)
         self._releaser.shutdown(wait=True)
+        self._armer.shutdown(wait=True)
 
 
 def _rss(pid: int | None) -> int:

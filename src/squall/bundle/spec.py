@@ -17,11 +17,33 @@ from squall.errors import InvalidConfig, InvalidName
 
 _NAME_RE = re.compile(r"^[a-z]([a-z0-9-]*[a-z0-9])?$")
 _HANDLER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
+_APP_HANDLER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*"
+                             r":[A-Za-z_][A-Za-z0-9_]*$")  # module:attribute (uvicorn's form)
+# Node: Lambda's "path/to/file.export" (the file relative to the bundle, without extension)
+_NODE_HANDLER_RE = re.compile(r"^([A-Za-z0-9_@-][A-Za-z0-9_.@-]*/)*[A-Za-z0-9_@-][A-Za-z0-9_@-]*"
+                              r"\.[A-Za-z_$][A-Za-z0-9_$]*$")
+# `provided`: any label the bootstrap understands (it reads it from _HANDLER)
+_ANY_HANDLER_RE = re.compile(r"^[!-~]{1,128}$")
 _ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _RESERVED_ENV_PREFIXES = ("SQUALL_", "AWS_")
 
 Network = Literal["host", "none"]
-Style = Literal["lambda", "cloudevent"]
+# asgi / wsgi: handler = "module:app" names a web app (FastAPI, Flask) served behind /fn/<name>/
+Style = Literal["lambda", "cloudevent", "asgi", "wsgi"]
+LogFormat = Literal["text", "json"]
+LOG_LEVELS = ("DEBUG", "INFO", "WARN", "WARNING", "ERROR", "CRITICAL", "FATAL")
+# runtime name -> the runtime that runs it. The Python names are all the platform's own Python
+# (the zygote path); the Lambda spellings are accepted so configs written for Lambda carry over.
+RUNTIMES = {
+    "python3.11": "python", "python3.12": "python", "python3": "python",
+    "nodejs20": "nodejs20", "nodejs20.x": "nodejs20",
+    "provided": "provided", "provided.al2": "provided", "provided.al2023": "provided",
+}
+
+
+def runtime_kind(runtime: str) -> str:
+    """"python", "nodejs20" or "provided" for a validated runtime name."""
+    return RUNTIMES.get(runtime, "python")
 
 
 def validate_name(name: str) -> str:
@@ -54,6 +76,16 @@ class FunctionConfig:
     style: Style = "lambda"
     triggers: tuple[dict[str, Any], ...] = ()
     async_: dict[str, Any] = field(default_factory=dict)
+    # Lambda's logging controls: "json" writes each line as {timestamp, level, requestId,
+    # message}; log_level drops application lines below it (squall.observability.logfmt).
+    log_format: LogFormat = "text"
+    log_level: str | None = None
+    # /fn/ requests: "public" (like a Lambda function URL with auth NONE) or "key" (a key with
+    # the invoke scope for the function's tenant)
+    http_auth: str = "public"
+    # "python3.11" (default; also "python3.12"/"python3": the platform's Python), "nodejs20",
+    # "provided" (an executable `bootstrap` speaking the Lambda Runtime API)
+    runtime: str = "python3.11"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict using the squall.toml key names (``async``, triggers as a list)."""
@@ -72,6 +104,10 @@ class FunctionConfig:
             "style": self.style,
             "triggers": [dict(t) for t in self.triggers],
             "async": dict(self.async_),
+            "log_format": self.log_format,
+            "log_level": self.log_level,
+            "http_auth": self.http_auth,
+            "runtime": self.runtime,
         }
 
     @classmethod
@@ -129,11 +165,39 @@ def _name(key: str, v: object) -> str | None:
 
 
 def _handler(key: str, v: object) -> str:
+    # The form depends on the runtime: checked by _check_handler once every key is read.
     s = _str(key, v)
-    if not _HANDLER_RE.match(s):
-        raise _fail(key, f"must be 'module.function' (module may be dotted, identifiers only),"
-                         f" e.g. 'handler.handler'; got {s!r}")
+    if not _ANY_HANDLER_RE.match(s):
+        raise _fail(key, f"must be 1..128 printable characters without spaces; got {s!r}")
     return s
+
+
+def _check_handler(cfg: FunctionConfig) -> None:
+    kind = runtime_kind(cfg.runtime)
+    if kind == "python" and not (_HANDLER_RE.match(cfg.handler)
+                                 or _APP_HANDLER_RE.match(cfg.handler)):
+        raise _fail("handler", f"must be 'module.function' or 'module:attribute' (module may be "
+                               f"dotted, identifiers only), e.g. 'handler.handler' or "
+                               f"'app:app'; got {cfg.handler!r}")
+    if kind == "nodejs20" and (not _NODE_HANDLER_RE.match(cfg.handler)
+                               or ".." in cfg.handler.split("/")):
+        raise _fail("handler", f"must be 'file.export' (the file relative to the bundle, "
+                               f"without .js/.mjs/.cjs), e.g. 'index.handler'; "
+                               f"got {cfg.handler!r}")
+
+
+def _check_runtime(cfg: FunctionConfig) -> None:
+    """Node and provided instances serve one invocation at a time, as Lambda's do (the Runtime
+    API has one /next at a time), with Lambda's (event, context) style only."""
+    kind = runtime_kind(cfg.runtime)
+    if kind == "python":
+        return
+    if cfg.concurrency != 1:
+        raise _fail("concurrency", f"the {cfg.runtime} runtime runs one invocation per instance "
+                                   f"(as Lambda does); got {cfg.concurrency}")
+    if cfg.style != "lambda":
+        raise _fail("style", f"the {cfg.runtime} runtime only has the 'lambda' style; "
+                             f"got {cfg.style!r}")
 
 
 def _env(key: str, v: object) -> dict[str, str]:
@@ -200,9 +264,13 @@ _FIELDS: dict[str, tuple[str, Callable[[str, object], object]]] = {
     "keep_alive_s": ("keep_alive_s", lambda k, v: _number(k, v, 0, 86400)),
     "network": ("network", lambda k, v: _choice(k, v, ("host", "none"))),
     "ephemeral_mb": ("ephemeral_mb", lambda k, v: _int(k, v, 16, 10240)),
-    "style": ("style", lambda k, v: _choice(k, v, ("lambda", "cloudevent"))),
+    "style": ("style", lambda k, v: _choice(k, v, ("lambda", "cloudevent", "asgi", "wsgi"))),
     "triggers": ("triggers", _triggers),
     "async": ("async_", _async),
+    "log_format": ("log_format", lambda k, v: _choice(k, v, ("text", "json"))),
+    "log_level": ("log_level", lambda k, v: None if v is None else _choice(k, v, LOG_LEVELS)),
+    "http_auth": ("http_auth", lambda k, v: _choice(k, v, ("public", "key"))),
+    "runtime": ("runtime", lambda k, v: _choice(k, v, tuple(RUNTIMES))),
 }
 
 
@@ -218,6 +286,8 @@ def config_from_api(d: Mapping[str, Any]) -> FunctionConfig:
         attr, check = spec
         values[attr] = check(key, raw)
     cfg = FunctionConfig(**values)
+    _check_handler(cfg)
+    _check_runtime(cfg)
     if cfg.min_instances > cfg.max_instances:
         raise _fail("min_instances", f"must be between 0 and max_instances ({cfg.max_instances}),"
                                      f" got {cfg.min_instances}")

@@ -4,23 +4,49 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
+from pathlib import Path
 from typing import Any
 
 import click
 import httpx
 
 DEFAULT_URL = "http://127.0.0.1:8080"
+DEFAULT_DATA_DIR = ".squall"
+
+
+def find_api_key(explicit: str | None, data_dir: str | None) -> str | None:
+    """``--api-key``, else ``SQUALL_API_KEY``, else the admin key a local platform wrote to
+    ``<data-dir>/admin-key`` (``--data-dir``, ``SQUALL_DATA_DIR``, default ./.squall)."""
+    key = explicit or os.environ.get("SQUALL_API_KEY")
+    if key:
+        return key.strip()
+    path = Path(data_dir or os.environ.get("SQUALL_DATA_DIR") or DEFAULT_DATA_DIR) / "admin-key"
+    try:
+        return path.read_text().strip() or None
+    except OSError:
+        return None
 
 
 class Client:
-    def __init__(self, url: str, timeout: float = 900.0) -> None:
+    def __init__(self, url: str, timeout: float = 900.0, *, api_key: str | None = None,
+                 tenant: str | None = None, verify: bool | ssl.SSLContext = True) -> None:
         self.url = url.rstrip("/")
-        self.http = httpx.Client(base_url=self.url, timeout=timeout)
+        self.api_key = api_key
+        self.tenant = tenant
+        headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+        params = {"tenant": tenant} if tenant else {}
+        self.http = httpx.Client(base_url=self.url, timeout=timeout, headers=headers,
+                                 params=params, verify=verify)
 
     @classmethod
     def from_ctx(cls, ctx: click.Context) -> Client:
         obj = ctx.find_root().obj or {}
-        return cls(obj.get("url") or os.environ.get("SQUALL_URL") or DEFAULT_URL)
+        cacert = obj.get("cacert") or os.environ.get("SQUALL_CACERT")
+        return cls(obj.get("url") or os.environ.get("SQUALL_URL") or DEFAULT_URL,
+                   api_key=find_api_key(obj.get("api_key"), obj.get("data_dir")),
+                   tenant=obj.get("tenant") or os.environ.get("SQUALL_TENANT") or None,
+                   verify=ssl.create_default_context(cafile=cacert) if cacert else True)
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
         """Send a request; return the decoded JSON. Raise ClickException on any error."""
@@ -44,6 +70,9 @@ def check(resp: httpx.Response) -> Any:
         err = (data or {}).get("error", {}) if isinstance(data, dict) else {}
         code = err.get("code", f"http_{resp.status_code}")
         message = err.get("message", resp.text[:500])
+        if resp.status_code == 401:
+            message += ("\n(the CLI sends --api-key, else SQUALL_API_KEY, else the admin key in "
+                        "<data-dir>/admin-key; set --data-dir or SQUALL_DATA_DIR to find it)")
         raise click.ClickException(f"{message} [{code}, HTTP {resp.status_code}]")
     return data
 
@@ -71,5 +100,11 @@ def _fmt(value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
-        return f"{value:.6g}"
+        return f"{value:.6g}" if abs(value) >= 1e-4 or value == 0 else f"{value:.6f}"
     return str(value)
+
+
+def money(value: float) -> str:
+    """Costs as money: US dollars with enough decimals to show sub-cent usage (``--json`` keeps
+    the full precision): 6.08333e-07 -> $0.000001, 0.2271 -> $0.227100."""
+    return f"${value:,.6f}"

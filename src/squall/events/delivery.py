@@ -19,6 +19,7 @@ import httpx
 
 from squall.errors import FunctionNotFound, SquallError, TooManyRequests
 from squall.events.retry import RetryPolicy, after_failure
+from squall.observability import tracing
 from squall.store import queue
 
 if TYPE_CHECKING:
@@ -42,13 +43,13 @@ def destination_record(row: dict[str, Any], status: str, *, result: Any = None,
     return rec
 
 
-def function_destination(dest: str | None, record: dict[str, Any],
-                         *, now: float) -> dict[str, Any] | None:
-    """Enqueue kwargs for a ``function:NAME`` destination, else None."""
+def function_destination(dest: str | None, record: dict[str, Any], *, now: float,
+                         namespace: str = "default") -> dict[str, Any] | None:
+    """Enqueue kwargs for a ``function:NAME`` destination (in the same tenant), else None."""
     if not dest or not dest.startswith("function:"):
         return None
     return {"id": str(uuid.uuid4()), "function": dest.removeprefix("function:"),
-            "namespace": "default", "trigger": "async",
+            "namespace": namespace, "trigger": "async",
             "payload": json.dumps(record, separators=(",", ":"), default=str), "now": now,
             "source": f"destination:{record['request_id']}"}
 
@@ -58,18 +59,20 @@ async def post_destination(svc: EventService, row: dict[str, Any], dest: str | N
     """POST the record to an http(s) destination; log the outcome in the function's logs."""
     if not dest or dest.startswith("function:"):
         return
-    fn, rid = row["function"], row["id"]
+    fn, rid, ns = row["function"], row["id"], row.get("namespace", "default")
     if not dest.startswith(("http://", "https://")):
         svc.logs.append(fn, rid, f"[squall] destination {dest!r} ignored: use function:NAME"
-                                 " or an http(s) URL")
+                                 " or an http(s) URL", ns)
         return
     try:
         async with httpx.AsyncClient(timeout=URL_TIMEOUT_S) as client:
             resp = await client.post(dest, json=record)
         if resp.status_code >= 300:
-            svc.logs.append(fn, rid, f"[squall] destination {dest} answered {resp.status_code}")
+            svc.logs.append(fn, rid, f"[squall] destination {dest} answered {resp.status_code}",
+                            ns)
     except httpx.HTTPError as e:
-        svc.logs.append(fn, rid, f"[squall] destination {dest} failed: {type(e).__name__}: {e}")
+        svc.logs.append(fn, rid, f"[squall] destination {dest} failed: {type(e).__name__}: {e}",
+                        ns)
 
 
 def _err(e: BaseException) -> dict[str, Any]:
@@ -86,17 +89,20 @@ def make_deliver(svc: EventService, spec: TriggerSpec) -> Deliver:
         payload: Any = events[0] if spec.batch_size == 1 and len(events) == 1 else events
         rid = str(uuid.uuid4())  # one request id for every attempt: handlers can deduplicate
         first = svc.clock()
+        svc.obs.metrics.connector_delivered(spec.id, spec.type, events, first)
         attempt = 0
         while True:
-            rec = svc.registry.get(spec.function)
+            rec = svc.registry.get(spec.function, spec.namespace)
             if rec is None:
                 svc.triggers.note(spec.id, error="function not found")
                 return False
             policy = RetryPolicy.from_config(rec.config.async_)
             attempt += 1
             try:
-                outcome = await svc.invoker.invoke(spec.function, payload, trigger=spec.type,
-                                                   request_id=rid)
+                with tracing.delivery(svc.obs.tracing, events[0].get("traceparent"),
+                                      due_at=first, attempt=attempt, name="receive"):
+                    outcome = await svc.invoker.invoke(spec.function, payload, trigger=spec.type,
+                                                       request_id=rid, namespace=spec.namespace)
                 error = outcome.error
             except TooManyRequests as e:
                 attempt -= 1  # throttled, not failed: wait without using a retry
@@ -107,7 +113,7 @@ def make_deliver(svc: EventService, spec: TriggerSpec) -> Deliver:
                 return False
             except SquallError as e:
                 error = _err(e)
-            row = {"id": rid, "function": spec.function, "namespace": "default",
+            row = {"id": rid, "function": spec.function, "namespace": spec.namespace,
                    "trigger": spec.type, "attempts": attempt,
                    "payload": json.dumps(payload, separators=(",", ":"), default=str)}
             if error is None:
@@ -122,16 +128,17 @@ def make_deliver(svc: EventService, spec: TriggerSpec) -> Deliver:
             svc.triggers.note(spec.id, error=text)
             if decision.retry_at is None:
                 dlq_id = uuid.uuid4().hex
+                svc.obs.metrics.dead_lettered(spec.namespace, spec.function, spec.type)
                 await svc.db.run(functools.partial(queue.insert_dead_letter, event=row,
                                                    dlq_id=dlq_id, now=now, error=error))
                 svc.logs.append(spec.function, rid, f"[squall] {spec.type} delivery dead-lettered"
-                                f" as {dlq_id} after {attempt} attempt(s): {text}")
+                                f" as {dlq_id} after {attempt} attempt(s): {text}", spec.namespace)
                 record = destination_record(row, "dead_lettered", error=error)
                 await _destinations(svc, row, policy.on_failure, record)
                 return True
             svc.logs.append(spec.function, rid, f"[squall] {spec.type} attempt {attempt}/"
                             f"{policy.max_attempts} failed ({text}); retrying in"
-                            f" {decision.retry_at - now:.1f}s")
+                            f" {decision.retry_at - now:.1f}s", spec.namespace)
             await asyncio.sleep(decision.retry_at - now)
 
     return deliver
@@ -139,13 +146,14 @@ def make_deliver(svc: EventService, spec: TriggerSpec) -> Deliver:
 
 async def _destinations(svc: EventService, row: dict[str, Any], dest: str | None,
                         record: dict[str, Any]) -> None:
-    follow = function_destination(dest, record, now=svc.clock())
+    ns = row.get("namespace", "default")
+    follow = function_destination(dest, record, now=svc.clock(), namespace=ns)
     if follow is not None:
         # Through submit_event so a missing destination function is reported, not queued.
         try:
             await svc.submit_event(follow["function"], record, trigger="async",
-                                   source=follow["source"])
+                                   source=follow["source"], namespace=ns)
         except SquallError as e:
             svc.logs.append(row["function"], row["id"], f"[squall] destination {dest} failed:"
-                                                        f" {e.message}")
+                                                        f" {e.message}", ns)
     await post_destination(svc, row, dest, record)

@@ -216,7 +216,10 @@ class Scheduler:
         payload = json.dumps(scheduled_event(rid, tid, tick), separators=(",", ":"))
         event = {"id": rid, "function": fn, "namespace": t["namespace"], "trigger": "schedule",
                  "payload": payload, "now": svc.clock(), "source": tid}
-        await svc.db.run(lambda c: queue.fire_schedule(c, tid, tick, event))
+        # False: another gateway sharing the store fired this tick first (the store's state of a
+        # schedule only moves forward, in the same transaction as the event).
+        if not await svc.db.run(lambda c: queue.fire_schedule(c, tid, tick, event)):
+            return
         svc.wake.set()
         svc.triggers.set_status(tid, "running")
         svc.triggers.note(tid)

@@ -9,6 +9,7 @@ of an event uses the event id as the invocation's request id, so a handler can d
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import time
@@ -20,6 +21,8 @@ from squall.bundle.spec import FunctionConfig
 from squall.config import Settings
 from squall.errors import FunctionNotFound, InvalidJSON, NotFound, PayloadTooLarge
 from squall.invoker.api import Invoker
+from squall.observability import Observability
+from squall.observability.tracing import current_traceparent
 from squall.store import queue
 from squall.store.db import Database
 
@@ -47,7 +50,8 @@ class Registry(Protocol):
 
 
 class LogSink(Protocol):
-    def append(self, function: str, request_id: str, line: str) -> None: ...
+    def append(self, function: str, request_id: str, line: str,
+               namespace: str = "default") -> None: ...
 
 
 def _json_payload(body: bytes, limit: int) -> str:
@@ -80,6 +84,9 @@ class EventService:
         self.logs = logs
         self.clock = clock
         self.wake = asyncio.Event()  # set by submit: the worker looks for due events at once
+        # tenant quotas and secrets (squall.tenancy.service.Identity), set by the server
+        self.identity: Any = None
+        self.obs = Observability()  # metrics and tracing, replaced by the server's
         self.worker = Worker(self)
         self.scheduler = Scheduler(self)
         self.triggers = TriggerManager(self)
@@ -90,7 +97,10 @@ class EventService:
 
     async def run(self) -> None:
         """Recover leases of the previous process, then run worker, scheduler and triggers."""
-        requeued = await self.db.run(lambda c: queue.recover(c, now=self.clock()))
+        # A shared store: the running events may be other gateways' live work; those of a
+        # gateway that died are claimed again when their lease runs out.
+        requeued = 0 if self.db.shared else await self.db.run(
+            lambda c: queue.recover(c, now=self.clock()))
         if requeued:
             log.info("requeued %d async events interrupted by the previous shutdown", requeued)
         async with asyncio.TaskGroup() as tg:
@@ -114,6 +124,7 @@ class EventService:
         """
         self.record(function, namespace)
         payload = _json_payload(body, self.settings.max_async_payload)
+        await self._check_queue_quota(namespace)
         return await self._enqueue(function, payload, trigger=trigger, namespace=namespace,
                                    source=source, idempotency_key=idempotency_key or None)
 
@@ -123,6 +134,7 @@ class EventService:
                            request_id: str | None = None) -> tuple[str, bool]:
         """Like ``submit`` for an event built by the platform (webhook, redrive, destination)."""
         self.record(function, namespace)
+        await self._check_queue_quota(namespace)
         payload = json.dumps(event, separators=(",", ":"))
         if len(payload) > self.settings.max_async_payload:
             raise PayloadTooLarge(f"event is {len(payload)} bytes; the limit is"
@@ -144,55 +156,113 @@ class EventService:
         self.triggers.note(trigger["id"])
         return out
 
+    async def _check_queue_quota(self, namespace: str) -> None:
+        """429 ``queue_full`` when the tenant already has ``max_queued`` events waiting."""
+        if self.identity is None:
+            return
+        limit = self.identity.limits(namespace).max_queued
+        if limit is None:
+            return
+        from squall.errors import TooManyRequests
+        from squall.store.tenants import queued_events
+
+        waiting = await self.db.run(lambda c: queued_events(c, namespace))
+        if waiting >= limit:
+            raise TooManyRequests(f"tenant {namespace!r} has {waiting} async events waiting, its "
+                                  f"limit is {limit}: retry later or raise --max-queued",
+                                  retry_after_s=5, code="queue_full")
+
+    async def seal_trigger_secrets(self, namespace: str, function: str, name: str,
+                                   config: dict[str, Any]) -> dict[str, Any]:
+        """A trigger's literal ``secret`` becomes a tenant secret and the config keeps only a
+        ``secret:NAME`` reference, so no plaintext is stored with the trigger."""
+        value = config.get("secret")
+        if self.identity is None or not isinstance(value, str) or value.startswith("secret:"):
+            if isinstance(value, str) and value.startswith("secret:") and self.identity:
+                self.identity.secrets.check_refs(namespace, {"secret": value})
+            return config
+        ref = f"trigger.{function}.{name}"
+        await self.identity.secrets.put(namespace, ref, value.encode())
+        return {**config, "secret": f"secret:{ref}"}
+
+    async def seal_stored_trigger_secrets(self) -> int:
+        """At startup: triggers written before secrets were sealed (a data dir of an earlier
+        release) keep a literal ``secret``; move each into the tenant's secrets."""
+        moved = 0
+        for t in await self.db.run(queue.list_triggers):
+            value = t["config"].get("secret")
+            if not isinstance(value, str) or value.startswith("secret:"):
+                continue
+            config = await self.seal_trigger_secrets(t["namespace"], t["function"], t["name"],
+                                                     t["config"])
+            await self.db.run(functools.partial(queue.update_trigger, id=t["id"], type=t["type"],
+                                                config=config, now=self.clock()))
+            moved += 1
+        return moved
+
+    def trigger_config(self, t: dict[str, Any]) -> dict[str, Any]:
+        """A trigger's config with its secret reference opened (for verifying a webhook)."""
+        value = t["config"].get("secret")
+        if self.identity is None or not isinstance(value, str) or \
+                not value.startswith("secret:"):
+            return dict(t["config"])
+        opened = self.identity.secrets.resolve(t["namespace"], {"secret": value})
+        return {**t["config"], "secret": opened["secret"]}
+
     async def _enqueue(self, function: str, payload: str, *, trigger: str, namespace: str,
                        source: str | None, idempotency_key: str | None,
                        request_id: str | None = None) -> tuple[str, bool]:
         rid = request_id or str(uuid.uuid4())
         now = self.clock()
+        # the submitting request's trace, continued by every attempt (squall.observability)
+        tp = None if self.obs.tracing is None else current_traceparent()
         out = await self.db.run(lambda c: queue.enqueue(
             c, id=rid, function=function, namespace=namespace, trigger=trigger, payload=payload,
-            now=now, source=source, idempotency_key=idempotency_key))
+            now=now, source=source, idempotency_key=idempotency_key, traceparent=tp))
         if out[1]:
             self.wake.set()
         return out
 
     # --- reads -------------------------------------------------------------------------------
 
-    async def get_invocation(self, request_id: str) -> dict[str, Any]:
+    async def get_invocation(self, request_id: str,
+                             namespace: str = "default") -> dict[str, Any]:
         """Where an invocation is. Async ones come from the queue; sync ones from the invocation
-        records (``squall.store.invocations.get``). Raises NotFound."""
+        records (``squall.store.invocations.get``). Raises NotFound (also for another
+        tenant's invocation)."""
         ev = await self.db.run(lambda c: queue.get_event(c, request_id))
-        if ev is not None:
+        if ev is not None and ev["namespace"] == namespace:
             return invocation_view(ev)
         rec = await self.db.run(lambda c: _sync_invocation(c, request_id))
-        if rec is None:
+        if rec is None or rec.get("namespace", "default") != namespace or ev is not None:
             raise NotFound(f"no invocation with request id {request_id!r}",
                            code="invocation_not_found")
         return rec
 
     async def list_invocations(self, *, function: str | None = None, source: str | None = None,
-                               status: str | None = None,
-                               limit: int = 100) -> list[dict[str, Any]]:
+                               status: str | None = None, limit: int = 100,
+                               namespace: str = "default") -> list[dict[str, Any]]:
         """Async invocations, newest first (a schedule's firings: ``source`` = trigger id)."""
         rows = await self.db.run(lambda c: queue.list_events(
-            c, function=function, source=source, status=status, limit=limit))
+            c, function=function, source=source, status=status, limit=limit,
+            namespace=namespace))
         return [invocation_view(r) for r in rows]
 
-    async def list_dead_letters(self, function: str | None = None,
-                                limit: int = 100) -> list[dict[str, Any]]:
-        rows = await self.db.run(
-            lambda c: queue.list_dead_letters(c, function=function, limit=limit))
+    async def list_dead_letters(self, function: str | None = None, limit: int = 100,
+                                namespace: str = "default") -> list[dict[str, Any]]:
+        rows = await self.db.run(lambda c: queue.list_dead_letters(
+            c, function=function, limit=limit, namespace=namespace))
         return [dead_letter_view(r) for r in rows]
 
-    async def get_dead_letter(self, dlq_id: str) -> dict[str, Any]:
+    async def get_dead_letter(self, dlq_id: str, namespace: str = "default") -> dict[str, Any]:
         row = await self.db.run(lambda c: queue.get_dead_letter(c, dlq_id))
-        if row is None:
-            raise NotFound(f"no dead letter {dlq_id!r}", code="dead_letter_not_found")
+        if row is None or row["namespace"] != namespace:
+            raise NotFound(f"no dead letter {dlq_id[:64]!r}", code="dead_letter_not_found")
         return dead_letter_view(row)
 
-    async def redrive(self, dlq_id: str) -> dict[str, Any]:
+    async def redrive(self, dlq_id: str, namespace: str = "default") -> dict[str, Any]:
         """Enqueue a dead letter again as a new event with a fresh retry budget."""
-        dl = await self.get_dead_letter(dlq_id)
+        dl = await self.get_dead_letter(dlq_id, namespace)
         self.record(dl["function"], dl["namespace"])
         new_id = str(uuid.uuid4())
         now = self.clock()
@@ -200,13 +270,15 @@ class EventService:
         assert row is not None  # it existed a moment ago; dead letters are never deleted
         self.wake.set()
         self.logs.append(row["function"], row["request_id"],
-                         f"[events] dead letter {dlq_id} redriven as {row['redrive_request_id']}")
+                         f"[events] dead letter {dlq_id} redriven as {row['redrive_request_id']}",
+                         namespace)
         return dead_letter_view(row)
 
-    async def redrive_function(self, function: str) -> list[dict[str, Any]]:
-        rows = await self.db.run(
-            lambda c: queue.list_dead_letters(c, function=function, limit=10_000))
-        return [await self.redrive(r["id"]) for r in rows]
+    async def redrive_function(self, function: str,
+                               namespace: str = "default") -> list[dict[str, Any]]:
+        rows = await self.db.run(lambda c: queue.list_dead_letters(
+            c, function=function, limit=10_000, namespace=namespace))
+        return [await self.redrive(r["id"], namespace) for r in rows]
 
 
 def _sync_invocation(conn: Any, request_id: str) -> dict[str, Any] | None:

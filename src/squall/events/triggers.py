@@ -31,12 +31,12 @@ from squall.events.webhooks import validate_webhook_config
 from squall.store import queue
 
 if TYPE_CHECKING:
-    from squall.events.connectors.base import TriggerSpec
+    from squall.events.connectors.base import Deliver, TriggerSpec
     from squall.events.service import EventService
 
 log = logging.getLogger("squall.events.triggers")
 
-BUILTIN_TYPES = ("schedule", "webhook")
+BUILTIN_TYPES = ("schedule", "webhook", "storage")
 CONNECTOR_TYPES = ("nats", "amqp", "mqtt", "redis", "postgres")
 _NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9_-]{0,61}[a-z0-9])?$")
 _BATCH_KEYS = ("batch_size", "batch_window_s", "concurrency")
@@ -64,6 +64,10 @@ def validate_trigger(type: str, config: dict[str, Any]) -> None:
         parse_schedule(config)
     elif type == "webhook":
         validate_webhook_config(config)
+    elif type == "storage":  # fired by the object store's commits (squall.storage.events)
+        from squall.storage.events import validate_storage_config
+
+        validate_storage_config(config)
     elif type in CONNECTOR_TYPES:
         from squall.events.connectors import validate_trigger_config
 
@@ -76,6 +80,11 @@ def validate_trigger(type: str, config: dict[str, Any]) -> None:
                                  f" {', '.join(BUILTIN_TYPES + CONNECTOR_TYPES)}")
 
 
+def is_hook(type: str, config: dict[str, Any]) -> bool:
+    """Served at /hooks/<name>: a webhook, or a storage trigger fed by a store's webhook."""
+    return type == "webhook" or (type == "storage" and config.get("source") == "webhook")
+
+
 def spec_of(t: dict[str, Any]) -> TriggerSpec:
     from squall.events.connectors.base import TriggerSpec
 
@@ -84,7 +93,8 @@ def spec_of(t: dict[str, Any]) -> TriggerSpec:
                        config={k: v for k, v in c.items() if k not in _BATCH_KEYS},
                        batch_size=int(c.get("batch_size", 1)),
                        batch_window_s=float(c.get("batch_window_s", 0.0)),
-                       concurrency=int(c.get("concurrency", 1)))
+                       concurrency=int(c.get("concurrency", 1)),
+                       namespace=t.get("namespace", "default"))
 
 
 def redact(config: dict[str, Any]) -> dict[str, Any]:
@@ -146,10 +156,21 @@ class TriggerManager:
                                          "last_fired": None, "last_error": None})
         if t["type"] == "schedule":
             self.svc.scheduler.changed.set()
-        if t["type"] not in CONNECTOR_TYPES or self._tg is None or t["id"] in self._tasks:
+        if self._tg is None or t["id"] in self._tasks:
+            return
+        if t["type"] in CONNECTOR_TYPES:
+            spec = spec_of(t)
+            found: tuple[TriggerSpec, Deliver] | None = (spec, make_deliver(self.svc, spec))
+        elif t["type"] == "storage":  # another store's notifications through a broker
+            from squall.storage.external import broker_connector
+
+            found = broker_connector(self.svc, t)
+        else:
+            found = None
+        if found is None:
             return
         self.set_status(t["id"], "connecting")
-        self._tasks[t["id"]] = self._tg.create_task(self._supervise(spec_of(t)),
+        self._tasks[t["id"]] = self._tg.create_task(self._supervise(*found),
                                                     name=f"trigger-{t['id']}")
 
     def _stop(self, t: dict[str, Any]) -> None:
@@ -160,16 +181,17 @@ class TriggerManager:
         if t["type"] == "schedule":
             self.svc.scheduler.changed.set()
 
-    async def _supervise(self, spec: TriggerSpec) -> None:
+    async def _supervise(self, spec: TriggerSpec, deliver: Deliver) -> None:
         from squall.events.connectors import CONNECTORS
 
         failures = 0
         while True:
             def report(state: str, detail: str = "", _id: str = spec.id) -> None:
                 self.set_status(_id, state, detail)
+                self.svc.obs.metrics.connector_status(_id, spec.type, state)
 
             try:
-                connector = CONNECTORS[spec.type](spec, make_deliver(self.svc, spec), report)
+                connector = CONNECTORS[spec.type](spec, deliver, report)
                 await connector.run()
                 detail = "connector stopped unexpectedly"
             except Exception as e:  # the contract says run() never raises; be safe anyway
@@ -205,44 +227,50 @@ class TriggerManager:
 
     # --- CRUD --------------------------------------------------------------------------------
 
-    async def list(self, function: str | None = None) -> list[dict[str, Any]]:
-        rows = await self.svc.db.run(lambda c: queue.list_triggers(c, function=function))
+    async def list(self, function: str | None = None,
+                   namespace: str | None = "default") -> list[dict[str, Any]]:
+        rows = await self.svc.db.run(lambda c: queue.list_triggers(c, function=function,
+                                                                   namespace=namespace))
         return [self.view(t) for t in rows]
 
-    async def create(self, function: str, body: dict[str, Any],
-                     origin: str = "api") -> dict[str, Any]:
-        self.svc.record(function)
+    async def create(self, function: str, body: dict[str, Any], origin: str = "api",
+                     namespace: str = "default") -> dict[str, Any]:
+        self.svc.record(function, namespace)
         type_, name, config = split_definition(body)
         validate_trigger(type_, config)
+        config = await self.svc.seal_trigger_secrets(namespace, function, name or type_, config)
         async with self._lock:
-            t = await self._insert(function, type_, name, config, origin)
+            t = await self._insert(function, type_, name, config, origin, namespace)
         self._start(t)
         return self.view(t)
 
     async def _insert(self, function: str, type_: str, name: str | None,
-                      config: dict[str, Any], origin: str) -> dict[str, Any]:
-        existing = await self.svc.db.run(queue.list_triggers)
+                      config: dict[str, Any], origin: str,
+                      namespace: str = "default") -> dict[str, Any]:
+        existing = await self.svc.db.run(lambda c: queue.list_triggers(c, namespace=namespace))
         mine = {t["name"] for t in existing if t["function"] == function}
         if name is None:
-            name = function if type_ == "webhook" else next(
+            name = function if is_hook(type_, config) else next(
                 f"{type_}-{n}" for n in range(1, 10_000) if f"{type_}-{n}" not in mine)
         if name in mine:
             raise Conflict(f"function {function!r} already has a trigger named {name!r}",
                            code="trigger_exists")
-        if type_ == "webhook" and any(t["type"] == "webhook" and t["name"] == name
-                                      for t in existing):
+        if is_hook(type_, config) and any(is_hook(t["type"], t["config"]) and t["name"] == name
+                                          for t in existing):
             raise Conflict(f"the webhook name {name!r} (/hooks/{name}) is taken",
                            code="webhook_name_taken")
-        t = {"id": uuid.uuid4().hex[:16], "function": function, "namespace": "default",
+        t = {"id": uuid.uuid4().hex[:16], "function": function, "namespace": namespace,
              "name": name, "type": type_, "config": config, "origin": origin}
         now = time.time()
         await self.svc.db.run(lambda c: queue.insert_trigger(c, t, now=now))
         return {**t, "created_at": now, "updated_at": now}
 
-    async def delete(self, function: str, ref: str) -> dict[str, Any]:
+    async def delete(self, function: str, ref: str,
+                     namespace: str = "default") -> dict[str, Any]:
         """Delete by id or name. Raises NotFound (trigger_not_found)."""
         async with self._lock:
-            rows = await self.svc.db.run(lambda c: queue.list_triggers(c, function=function))
+            rows = await self.svc.db.run(lambda c: queue.list_triggers(
+                c, function=function, namespace=namespace))
             t = next((t for t in rows if ref in (t["id"], t["name"])), None)
             if t is None:
                 raise NotFound(f"function {function!r} has no trigger {ref!r}",
@@ -263,26 +291,30 @@ class TriggerManager:
             await asyncio.wait_for(uninstall(spec_of(t)), 10)
         except Exception as exc:  # unreachable database, dropped table: say so, carry on
             self.svc.logs.append(t["function"], "", f"[squall] trigger {t['name']!r}: could not "
-                                 f"remove its database trigger: {type(exc).__name__}: {exc}")
+                                 f"remove its database trigger: {type(exc).__name__}: {exc}",
+                                 t.get("namespace", "default"))
 
-    async def find_webhook(self, name: str) -> dict[str, Any]:
-        rows = await self.svc.db.run(queue.list_triggers)
+    async def find_webhook(self, name: str, namespace: str = "default") -> dict[str, Any]:
+        rows = await self.svc.db.run(lambda c: queue.list_triggers(c, namespace=namespace))
         for t in rows:
-            if t["type"] == "webhook" and t["name"] == name:
+            if is_hook(t["type"], t["config"]) and t["name"] == name:
                 return t
         raise NotFound(f"no webhook named {name!r}", code="webhook_not_found")
 
     # --- squall.toml sync --------------------------------------------------------------------
 
     async def _on_registry(self, event: str, rec: Any) -> None:
+        ns = rec.namespace
         if event == "deployed":
-            await self.sync_declared(rec.name, rec.config.triggers)
+            await self.sync_declared(rec.name, rec.config.triggers, ns)
         elif event == "removed":
-            rows = await self.svc.db.run(lambda c: queue.list_triggers(c, function=rec.name))
+            rows = await self.svc.db.run(lambda c: queue.list_triggers(c, function=rec.name,
+                                                                       namespace=ns))
             for t in rows:
-                await self.delete(rec.name, t["id"])
+                await self.delete(rec.name, t["id"], ns)
 
-    async def sync_declared(self, function: str, declared: tuple[dict[str, Any], ...]) -> None:
+    async def sync_declared(self, function: str, declared: tuple[dict[str, Any], ...],
+                            namespace: str = "default") -> None:
         """Make the function's toml-origin triggers match ``declared``. An invalid entry is
         skipped with a line in the function's logs (deploy-time checks belong to the deployer:
         ``validate_declared``)."""
@@ -292,20 +324,23 @@ class TriggerManager:
                 type_, name, config = split_definition(raw)
                 validate_trigger(type_, config)
             except BadRequest as e:
-                self.svc.logs.append(function, "", f"[squall] triggers[{i}] ignored: {e.message}")
+                self.svc.logs.append(function, "", f"[squall] triggers[{i}] ignored: {e.message}",
+                                     namespace)
                 continue
-            default = function if type_ == "webhook" else f"{type_}-{i + 1}"
+            default = function if is_hook(type_, config) else f"{type_}-{i + 1}"
             desired[name or default] = (type_, config)
-        rows = await self.svc.db.run(lambda c: queue.list_triggers(c, function=function))
+        rows = await self.svc.db.run(lambda c: queue.list_triggers(c, function=function,
+                                                                   namespace=namespace))
         for t in rows:
             if t["origin"] != "toml":
                 if desired.pop(t["name"], None) is not None:
                     self.svc.logs.append(function, "", f"[squall] trigger {t['name']!r} in"
-                                         " squall.toml ignored: an API trigger has that name")
+                                         " squall.toml ignored: an API trigger has that name",
+                                         namespace)
                 continue
             want = desired.pop(t["name"], None)
             if want is None:
-                await self.delete(function, t["id"])
+                await self.delete(function, t["id"], namespace)
             elif want != (t["type"], t["config"]):
                 async with self._lock:
                     await self.svc.db.run(functools.partial(
@@ -317,11 +352,11 @@ class TriggerManager:
         for name, (type_, config) in desired.items():
             try:
                 async with self._lock:
-                    t = await self._insert(function, type_, name, config, "toml")
+                    t = await self._insert(function, type_, name, config, "toml", namespace)
                 self._start(t)
             except Conflict as e:
                 self.svc.logs.append(function, "",
-                                     f"[squall] trigger {name!r} ignored: {e.message}")
+                                     f"[squall] trigger {name!r} ignored: {e.message}", namespace)
 
 
 def validate_declared(declared: tuple[dict[str, Any], ...]) -> None:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from squall.errors import FunctionNotFound, SquallError, TooManyRequests
 from squall.events import delivery
 from squall.events.retry import RetryPolicy, after_failure, expired
+from squall.observability import tracing
 from squall.store import queue
 
 if TYPE_CHECKING:
@@ -120,11 +121,14 @@ class Worker:
             await self._dead_letter(row, err, "event_expired", policy)
             return
         try:
-            outcome = await svc.invoker.invoke(fn, json.loads(row["payload"]),
-                                               trigger=row["trigger"], request_id=rid,
-                                               namespace=ns)
+            with tracing.delivery(svc.obs.tracing, row.get("traceparent"),
+                                  due_at=row["next_attempt_at"], attempt=row["attempts"]):
+                outcome = await svc.invoker.invoke(fn, json.loads(row["payload"]),
+                                                   trigger=row["trigger"], request_id=rid,
+                                                   namespace=ns)
         except TooManyRequests as e:
             # Throttled is not a failure of the code: wait and try again without using a retry.
+            svc.obs.metrics.async_outcome(ns, fn, "throttled")
             wait = max(1.0, float(e.retry_after_s)) * (0.5 + random.random())
             now = svc.clock()
             await svc.db.run(lambda c: queue.release(c, rid, now=now, next_attempt_at=now + wait))
@@ -139,7 +143,10 @@ class Worker:
 
     async def _succeeded(self, row: dict[str, Any], value: Any, policy: RetryPolicy) -> None:
         record = delivery.destination_record(row, "succeeded", result=value)
-        follow = delivery.function_destination(policy.on_success, record, now=self.svc.clock())
+        follow = delivery.function_destination(policy.on_success, record, now=self.svc.clock(),
+                                               namespace=row["namespace"])
+        tracing.carry(follow, row)
+        self.svc.obs.metrics.async_outcome(row["namespace"], row["function"], "succeeded")
         now = self.svc.clock()
         await self.svc.db.run(lambda c: queue.succeed(c, row["id"], now=now, result=value,
                                                       follow_up=follow))
@@ -157,17 +164,21 @@ class Worker:
             await self._dead_letter(row, error, decision.reason, policy)
             return
         at = decision.retry_at
+        svc.obs.metrics.async_outcome(row["namespace"], row["function"], "retried")
         await svc.db.run(lambda c: queue.retry_later(c, row["id"], now=now, error=error,
                                                      next_attempt_at=at))
         svc.logs.append(row["function"], row["id"],
                         f"[squall] async attempt {row['attempts']}/{policy.max_attempts} failed"
-                        f" ({_describe(error)}); retrying in {at - now:.1f}s")
+                        f" ({_describe(error)}); retrying in {at - now:.1f}s", row["namespace"])
 
     async def _dead_letter(self, row: dict[str, Any], error: dict[str, Any], reason: str,
                            policy: RetryPolicy) -> None:
         svc = self.svc
         record = delivery.destination_record(row, "dead_lettered", error=error)
-        follow = delivery.function_destination(policy.on_failure, record, now=svc.clock())
+        follow = delivery.function_destination(policy.on_failure, record, now=svc.clock(),
+                                               namespace=row["namespace"])
+        tracing.carry(follow, row)
+        svc.obs.metrics.async_outcome(row["namespace"], row["function"], "dead_lettered")
         dlq_id = uuid.uuid4().hex
         now = svc.clock()
         await svc.db.run(lambda c: queue.dead_letter(c, row, dlq_id=dlq_id, now=now, error=error,
@@ -176,5 +187,6 @@ class Worker:
             svc.wake.set()
         svc.logs.append(row["function"], row["id"],
                         f"[squall] async event dead-lettered as {dlq_id} after"
-                        f" {row['attempts']} attempt(s) ({reason}): {_describe(error)}")
+                        f" {row['attempts']} attempt(s) ({reason}): {_describe(error)}",
+                        row["namespace"])
         await delivery.post_destination(svc, row, policy.on_failure, record)

@@ -34,11 +34,30 @@ class InvokeOutcome:
         return None if self.error is None else str(self.error.get("errorType", "Error"))
 
 
+class ResponseStream(Protocol):
+    """An HTTP response a streaming function writes into as it produces (the gateway's).
+
+    ``run_on`` is called once the instance is chosen; ``start`` and ``send`` only if the
+    function streams (squall.agent.instance.StreamSink), before ``invoke`` returns.
+    """
+
+    def run_on(self, version: int, cold: bool) -> None: ...
+
+    async def start(self, status: int, headers: list[tuple[bytes, bytes]]) -> None: ...
+
+    async def send(self, chunk: bytes) -> None: ...
+
+
 class Invoker(Protocol):
     async def invoke(self, function: str, event: Any, *, trigger: str = "api",
                      request_id: str | None = None, qualifier: str | None = None,
-                     namespace: str = "default") -> InvokeOutcome:
+                     namespace: str = "default",
+                     stream: ResponseStream | None = None) -> InvokeOutcome:
         """Run one invocation synchronously and return its outcome.
+
+        A function that streams writes into ``stream`` as it produces, and its outcome's value
+        is None; without a stream, the whole response becomes the value (a Lambda response
+        dict). The time limit and the billed duration cover the whole stream.
 
         Raises FunctionNotFound for an unknown function (or version), TooManyRequests when no
         instance became free within the bounded wait. A failing function is not an exception:

@@ -3,19 +3,29 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 import uuid
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
-from squall.agent.instance import Instance, InstanceDied
+from squall.agent.instance import ClientGone, Instance, InstanceDied
 from squall.agent.node import Agent, InitTiming, VersionSpec
+from squall.aliases import AliasBook
 from squall.config import Settings
-from squall.errors import FunctionNotFound
-from squall.invoker.api import InvokeOutcome
+from squall.errors import FunctionNotFound, SquallError, TooManyRequests
+from squall.invoker.api import InvokeOutcome, ResponseStream
 from squall.logs import LogSink
 from squall.metering.billing import billed_ms, gb_seconds
 from squall.metering.recorder import Recorder
+from squall.observability import Observability, logfmt
 from squall.registry import FunctionRecord, Registry
+from squall.routing import LATEST, choose_version
+
+if TYPE_CHECKING:
+    from squall.observability.tracing import InvocationTrace
+    from squall.replay.capture import Capture
+    from squall.tenancy.quota import Quotas
 
 
 class LocalInvoker:
@@ -27,52 +37,107 @@ class LocalInvoker:
         self.recorder = recorder
         self.logs = logs
         self.in_flight = 0
+        self.quotas: Quotas | None = None  # per-tenant rate and concurrency (the server sets it)
+        self.obs = Observability()  # the server's replaces it (metrics, tracing)
+        self.aliases = AliasBook(registry)
+        self.draw: Callable[[], float] = random.random  # weighted alias routing's dice
+        self.capture: Capture | None = None  # events kept for replay (squall.replay.capture)
 
     async def resolve(self, function: str, qualifier: str | None,
                       namespace: str) -> FunctionRecord:
+        """The version one invocation runs: $LATEST (no qualifier), a version number, or an
+        alias, whose weights are rolled here (``squall.routing.choose_version``).
+
+        Raises FunctionNotFound for an unknown function, version or alias (404)."""
         rec = self.registry.get(function, namespace)
         if rec is None:
             raise FunctionNotFound(f"function '{function}' does not exist; "
                                    f"deploy it with `squall deploy`")
-        if qualifier in (None, "", "$LATEST"):
+        if qualifier in (None, "", LATEST):
             return rec
         assert qualifier is not None
-        if not qualifier.isdigit():
-            raise FunctionNotFound(f"unknown qualifier '{qualifier}' for '{function}': "
-                                   f"use $LATEST or a version number")
-        found = await self.registry.get_version(function, int(qualifier), namespace)
+        if qualifier.isdigit():
+            version: int | None = int(qualifier)
+        else:
+            alias = await self.aliases.get(namespace, function, qualifier)
+            if alias is None:
+                raise FunctionNotFound(f"function '{function}' has no alias or version "
+                                       f"'{qualifier}': use $LATEST, a version number or an "
+                                       f"alias (`squall alias ls {function}`)")
+            version = choose_version(alias, self.draw())
+        if version is None or version == rec.version:
+            return rec
+        found = await self.registry.get_version(function, version, namespace)
         if found is None:
-            raise FunctionNotFound(f"function '{function}' has no version {qualifier}")
+            raise FunctionNotFound(f"function '{function}' has no version {version}")
         return found
 
     async def invoke(self, function: str, event: Any, *, trigger: str = "api",
                      request_id: str | None = None, qualifier: str | None = None,
-                     namespace: str = "default") -> InvokeOutcome:
+                     namespace: str = "default",
+                     stream: ResponseStream | None = None) -> InvokeOutcome:
+        """Run one invocation in ``namespace`` (the tenant). Raises FunctionNotFound, and
+        TooManyRequests for a tenant over its rate or concurrency quota or a full pool.
+        A streaming function writes into ``stream`` (squall.invoker.api.Invoker)."""
+        quotas = self.quotas
+        if quotas is None:
+            return await self._invoke(function, event, trigger, request_id, qualifier, namespace,
+                                      stream)
+        try:
+            quotas.enter(namespace)
+        except TooManyRequests:
+            if self.registry.get(function, namespace) is not None:  # bounded label values
+                self.obs.metrics.throttled(namespace, function)
+            raise
+        try:
+            return await self._invoke(function, event, trigger, request_id, qualifier, namespace,
+                                      stream)
+        finally:
+            quotas.leave(namespace)
+
+    async def _invoke(self, function: str, event: Any, trigger: str, request_id: str | None,
+                      qualifier: str | None, namespace: str,
+                      stream: ResponseStream | None = None) -> InvokeOutcome:
         rec = await self.resolve(function, qualifier, namespace)
         vs = self.registry.version_spec(rec)
         rid = request_id or str(uuid.uuid4())
         pool = self.agent.pool(vs)
-        inst, cold = await pool.acquire()
+        span = None if self.obs.tracing is None else self.obs.tracing.begin(vs, trigger, rid)
+        try:
+            inst, cold = await pool.acquire()
+        except SquallError as exc:  # 429 or a sandbox that would not start: counted, traced
+            self.obs.metrics.not_started(vs, exc)
+            if span is not None:
+                span.fail(exc)
+            raise
         self.in_flight += 1
         try:
-            return await self._run(vs, inst, cold, rid, event, trigger)
+            return await self._run(vs, inst, cold, rid, event, trigger, span, stream)
         finally:
             self.in_flight -= 1
             pool.release(inst)
 
     async def _run(self, vs: VersionSpec, inst: Instance, cold: bool, rid: str, event: Any,
-                   trigger: str) -> InvokeOutcome:
+                   trigger: str, span: InvocationTrace | None = None,
+                   stream: ResponseStream | None = None) -> InvokeOutcome:
         cfg = vs.config
         timing: InitTiming = inst.init_timing if cold and inst.init_timing else InitTiming()
+        if span is not None:
+            span.started(cold, timing)
         start_wall = time.time()
         t0 = time.perf_counter()
         value: Any = None
         max_rss_kb = 0
         error: dict[str, Any] | None = None
         status = "succeeded"
+        if stream is not None:
+            stream.run_on(vs.version, cold)
         try:
+            # A streamed response is relayed inside this wait: the limit covers the whole stream
+            # and so does the billed duration below.
             reply = await asyncio.wait_for(
-                inst.invoke(rid, event, start_wall * 1000.0 + cfg.timeout_s * 1000.0, {}),
+                inst.invoke(rid, event, start_wall * 1000.0 + cfg.timeout_s * 1000.0,
+                            {} if span is None else span.frame_ctx(), stream),
                 cfg.timeout_s)
             max_rss_kb = int(reply.get("mem", 0))
             if reply["t"] == "res":
@@ -86,6 +151,12 @@ class LocalInvoker:
             error = {"errorType": "TimeoutError",
                      "errorMessage": f"Task timed out after {cfg.timeout_s:.2f} seconds",
                      "stackTrace": []}
+        except ClientGone:
+            inst.kill()  # it would go on producing for nobody until its time limit
+            status = "failed"
+            error = {"errorType": "ClientDisconnected",
+                     "errorMessage": "the client closed the connection during the streamed "
+                                     "response", "stackTrace": []}
         except InstanceDied:
             usage = self.agent.usage(vs, inst.id)
             if usage.oom_killed:
@@ -116,6 +187,13 @@ class LocalInvoker:
             "error_type": None if error is None else error.get("errorType"),
             "cold": 1 if cold else 0, "max_memory_mb": max_mem,
         })
+        self.obs.metrics.invocation(vs, trigger, status, duration, timing.total_ms, cold,
+                                    gb_seconds(billed, cfg.memory_mb),
+                                    None if error is None else error.get("errorType"))
+        if span is not None:
+            span.end(status, error, billed)
+        if self.capture is not None:  # after the outcome; encoded and written off this path
+            self.capture.offer(vs, rid, trigger, status, error, event)
         return InvokeOutcome(request_id=rid, function=vs.function, version=vs.version,
                              value=value, error=error, cold=cold, duration_ms=duration,
                              billed_ms=billed, init_ms=timing.total_ms if cold else 0.0,
@@ -127,7 +205,8 @@ class LocalInvoker:
         """Lambda's START / END / REPORT framing around the function's own lines."""
         block = [f"START RequestId: {rid} Version: {vs.version}", *lines]
         if error is not None and error.get("errorType") in ("TimeoutError", "OutOfMemoryError",
-                                                            "Runtime.ExitError"):
+                                                            "Runtime.ExitError",
+                                                            "ClientDisconnected"):
             block.append(f"{error['errorType']}: {error['errorMessage']}")
         block.append(f"END RequestId: {rid}")
         report = (f"REPORT RequestId: {rid}\tDuration: {duration:.2f} ms\t"
@@ -141,5 +220,7 @@ class LocalInvoker:
         if error is not None and error.get("errorType") == "OutOfMemoryError":
             report += "\tStatus: error\tError Type: Runtime.OutOfMemory"
         block.append(report)
+        if vs.config.log_format != "text" or vs.config.log_level:
+            block = logfmt.apply(block, rid, vs.config.log_format, vs.config.log_level, time.time())
         self.logs.append_block(vs.function, rid, block, vs.namespace)
 

@@ -58,3 +58,32 @@ def summarise(records: Iterable[dict[str, Any]], prices: Prices) -> list[dict[st
             "cost": round(cost(len(rows), gbs, prices), 12),
         })
     return out
+
+
+def by_tenant(functions: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per-tenant totals of ``summarise``'s rows (cost is linear, so the sum of the functions'
+    costs is the tenant's cost)."""
+    totals: dict[str, dict[str, Any]] = {}
+    for f in functions:
+        t = totals.setdefault(f["namespace"], {"tenant": f["namespace"], "functions": 0,
+                                               "invocations": 0, "errors": 0, "billed_ms": 0,
+                                               "gb_seconds": 0.0, "cost": 0.0})
+        t["functions"] += 1
+        for k in ("invocations", "errors", "billed_ms", "gb_seconds", "cost"):
+            t[k] += f[k]
+    for t in totals.values():
+        t["gb_seconds"] = round(t["gb_seconds"], 12)
+        t["cost"] = round(t["cost"], 12)
+    return [totals[k] for k in sorted(totals)]
+
+
+def month_bounds(month: str) -> tuple[float, float]:
+    """``2026-11`` -> (start, end) as UNIX times in UTC. Raises ValueError on anything else."""
+    import datetime as dt
+
+    year, _, mon = month.partition("-")
+    if len(year) != 4 or len(mon) != 2 or not (year + mon).isdigit():
+        raise ValueError(month)
+    start = dt.datetime(int(year), int(mon), 1, tzinfo=dt.UTC)
+    nxt = dt.datetime(start.year + (start.month == 12), start.month % 12 + 1, 1, tzinfo=dt.UTC)
+    return start.timestamp(), nxt.timestamp()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from squall.batch import BatchWriter
@@ -15,6 +16,9 @@ class Recorder:
 
     def append(self, record: dict[str, Any]) -> None:
         self._batch.append(record)
+
+    def observe_flush(self, observe: Callable[[float], None]) -> None:
+        self._batch.on_flush = observe
 
     async def flush(self) -> None:
         await self._batch.flush()

@@ -155,6 +155,10 @@ class Metrics:
         self._bound[(vs.key, trigger)] = b
         return b
 
+    def throttled(self, namespace: str, function: str) -> None:
+        """A tenant quota (rate, concurrency) refused the invocation before it was resolved."""
+        self.throttles.labels(namespace, function).inc()
+
     def not_started(self, vs: VersionSpec, exc: BaseException) -> None:
         """The invocation never reached an instance: 429, or the sandbox failed."""
         from squall.errors import SandboxError, TooManyRequests

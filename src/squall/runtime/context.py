@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextvars
+import os
 import socket
 import threading
 import time
@@ -62,6 +63,23 @@ class LogWriter:
         raise OSError("the log stream of a Squall instance has no file descriptor")
 
 
+def trace_env(frame_ctx: dict[str, Any] | None) -> str | None:
+    """Per invocation (an instance serves many): the W3C traceparent the platform sent goes to
+    ``traceparent`` and, X-Ray style, ``_X_AMZN_TRACE_ID`` in the environment, where an
+    OpenTelemetry SDK in the function finds it; returns the trace id for ``context.trace_id``."""
+    tp: str | None = frame_ctx.get("traceparent") if frame_ctx else None
+    if not tp:
+        if "traceparent" in os.environ:
+            del os.environ["traceparent"]
+            os.environ.pop("_X_AMZN_TRACE_ID", None)
+        return None
+    _version, trace_id, span_id, flags = [*tp.split("-"), "", "", ""][:4]
+    os.environ["traceparent"] = tp
+    os.environ["_X_AMZN_TRACE_ID"] = (f"Root=1-{trace_id[:8]}-{trace_id[8:]};Parent={span_id};"
+                                      f"Sampled={1 if flags == '01' else 0}")
+    return trace_id
+
+
 class Context:
     """What AWS Lambda's Python runtime passes as ``context``, with the same attribute names."""
 
@@ -77,6 +95,7 @@ class Context:
         self.log_stream_name = static.get("log_stream_name", "")
         self.identity = None
         self.client_context = None
+        self.trace_id: str | None = None  # W3C trace id when the platform traces (trace_env)
         self._deadline_ms = deadline_ms
         self._log = log
 

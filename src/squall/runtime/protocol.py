@@ -15,6 +15,8 @@ Instance -> host:
   {"t": "res", "id", "v"}         the handler returned v
   {"t": "err", "id", "e"}         {errorType, errorMessage, stackTrace}
   {"t": "log", "id", "m"}         one log line of request id
+  {"t": "head", "id", "s", "h"}   a streamed response begins: status, [[name, value], ...];
+  {"t": "body", "id", "b"}        then its chunks as produced, ended by res (v None) or err
 """
 
 from __future__ import annotations

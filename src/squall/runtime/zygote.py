@@ -28,15 +28,26 @@ from collections.abc import Callable
 from typing import Any
 
 from squall.runtime import harden
-from squall.runtime.context import Channel, Context, LogWriter, current_request
+from squall.runtime.adapters import AsgiApp, call_wsgi, preload
+from squall.runtime.context import Channel, Context, LogWriter, current_request, trace_env
 from squall.runtime.protocol import ProtocolError, recv_frame, send_frame
+from squall.runtime.stream import Stream, apump, is_async, is_streamed, pump
 
 CONTROL_FD = 3
 
 
-def error_payload(exc: BaseException, skip: int = 0) -> dict[str, Any]:
-    """Lambda's error shape: errorType, errorMessage, stackTrace (list of frame strings)."""
+_RUNTIME_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def error_payload(exc: BaseException, skip: int = 0,
+                  user_only: bool = False) -> dict[str, Any]:
+    """Lambda's error shape: errorType, errorMessage, stackTrace (list of frame strings).
+    ``user_only``: without this runtime's frames (the instance loop, the stream pump, the
+    ASGI/WSGI adapters), as Lambda shows only the function's."""
     frames = traceback.extract_tb(exc.__traceback__)[skip:]
+    if user_only:
+        frames = traceback.StackSummary.from_list(
+            [f for f in frames if not f.filename.startswith(_RUNTIME_DIR)])
     return {
         "errorType": type(exc).__name__,
         "errorMessage": str(exc),
@@ -45,7 +56,10 @@ def error_payload(exc: BaseException, skip: int = 0) -> dict[str, Any]:
 
 
 def load_handler(spec: str) -> Callable[..., Any]:
-    module_name, _, func_name = spec.rpartition(".")
+    """``module.func`` (Lambda's form) or ``module:attribute`` (an ASGI/WSGI app, uvicorn's)."""
+    module_name, colon, func_name = spec.partition(":")
+    if not colon:
+        module_name, _, func_name = spec.rpartition(".")
     module = importlib.import_module(module_name)
     try:
         handler = getattr(module, func_name)
@@ -76,23 +90,37 @@ class Instance:
         self.handler = handler
         self.static = static
         self.style = style
+        self.asgi = AsgiApp(handler) if style == "asgi" else None
         self.log = LogWriter(self.channel)
         sys.stdout = self.log
         sys.stderr = self.log
         root = logging.getLogger()
         root.handlers[:] = [_LogHandler()]
+        if static.get("log_level"):  # squall.toml log_level, as Lambda's logging controls do
+            root.setLevel(static["log_level"])
 
     def _call(self, msg: dict[str, Any]) -> dict[str, Any]:
         rid = msg["id"]
         ctx = Context(rid, msg["dl"], self.static, self.log)
+        ctx.trace_id = trace_env(msg.get("ctx"))
         try:
+            if self.style == "wsgi":
+                return {"t": "res", "id": rid,
+                        "v": call_wsgi(self.handler, msg["ev"], Stream(self.channel, rid))}
             if self.style == "cloudevent":
                 value = self.handler(msg["ev"])
             else:
                 value = self.handler(msg["ev"], ctx)
+            if is_streamed(value):  # sent as it is produced; the res frame ends it
+                out = Stream(self.channel, rid)
+                if is_async(value):  # a sync handler returning an async generator
+                    asyncio.run(apump(value, out))
+                else:
+                    pump(value, out)
+                value = None
             return {"t": "res", "id": rid, "v": value}
         except Exception as exc:
-            return {"t": "err", "id": rid, "e": error_payload(exc, skip=1)}
+            return {"t": "err", "id": rid, "e": error_payload(exc, user_only=True)}
 
     def _finish(self, rid: str, reply: dict[str, Any]) -> None:
         self.log.flush(rid)
@@ -123,16 +151,30 @@ class Instance:
         rid = msg["id"]
         current_request.set(rid)
         ctx = Context(rid, msg["dl"], self.static, self.log)
+        ctx.trace_id = trace_env(msg.get("ctx"))
         try:
-            args = (msg["ev"],) if self.style == "cloudevent" else (msg["ev"], ctx)
-            reply: dict[str, Any] = {"t": "res", "id": rid, "v": await self.handler(*args)}
+            reply: dict[str, Any] = {"t": "res", "id": rid, "v": await self._value(msg, ctx)}
         except Exception as exc:
-            reply = {"t": "err", "id": rid, "e": error_payload(exc, skip=1)}
+            reply = {"t": "err", "id": rid, "e": error_payload(exc, user_only=True)}
         self._finish(rid, reply)
+
+    async def _value(self, msg: dict[str, Any], ctx: Context) -> Any:
+        if self.asgi is not None:
+            return await self.asgi.call(msg["ev"], Stream(self.channel, msg["id"]))
+        args = (msg["ev"],) if self.style == "cloudevent" else (msg["ev"], ctx)
+        value = self.handler(*args)
+        if inspect.isawaitable(value):
+            value = await value
+        if is_streamed(value):  # an async generator handler, or a coroutine returning one
+            await apump(value, Stream(self.channel, msg["id"]))
+            return None
+        return value
 
     async def serve_async(self) -> None:
         """Frames are read by a thread and handed to the loop; each invocation is its own task."""
         loop = asyncio.get_running_loop()
+        if self.asgi is not None:
+            self.asgi.start()  # lifespan startup, here after the fork, never in the zygote
         done = asyncio.Event()
         tasks: set[asyncio.Task[None]] = set()
 
@@ -153,6 +195,8 @@ class Instance:
 
         threading.Thread(target=reader, daemon=True).start()
         await done.wait()
+        if self.asgi is not None:
+            await self.asgi.shutdown()
 
 
 def _recv_fork(ctrl: socket.socket) -> tuple[dict[str, Any], int]:
@@ -183,7 +227,8 @@ def _become_instance(fd: int, msg: dict[str, Any], handler: Callable[..., Any],
         sock = socket.socket(fileno=fd)
         send_frame(sock, {"t": "hello", "pid": os.getpid()})
         inst = Instance(sock, handler, cfg["static"], cfg.get("style", "lambda"))
-        if inspect.iscoroutinefunction(handler):
+        if inst.asgi is not None or inspect.iscoroutinefunction(handler) \
+                or inspect.isasyncgenfunction(handler):
             asyncio.run(inst.serve_async())
         else:
             inst.serve_sync()
@@ -197,6 +242,12 @@ def main() -> None:
     cfg: dict[str, Any] = json.loads(sys.argv[1])
     started = time.time()
     ctrl = socket.socket(fileno=int(cfg.get("ctrl_fd", CONTROL_FD)))
+    try:
+        # Before the function's code is on sys.path: its import-time code runs fenced.
+        harden.apply_zygote(cfg.get("harden", {}))
+    except OSError as exc:
+        send_frame(ctrl, {"t": "sandbox_error", "m": f"zygote hardening failed: {exc}"})
+        sys.exit(1)
     for path in reversed(cfg["paths"]):
         sys.path.insert(0, path)
     os.chdir(cfg["code_dir"])
@@ -205,6 +256,7 @@ def main() -> None:
     except BaseException as exc:
         send_frame(ctrl, {"t": "init_error", "e": error_payload(exc)})
         sys.exit(1)
+    preload()
     # Children are reaped by the kernel; the platform watches each one through a pidfd.
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)
     # Move everything imported so far out of the GC's reach so forked children do not dirty the

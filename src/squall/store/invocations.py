@@ -57,15 +57,83 @@ def get(conn: sqlite3.Connection, request_id: str) -> dict[str, Any] | None:
     return record
 
 
-def for_usage(conn: sqlite3.Connection, since: float,
-              namespace: str | None = None) -> list[dict[str, Any]]:
+def for_usage(conn: sqlite3.Connection, since: float, namespace: str | None = None,
+              until: float | None = None) -> list[dict[str, Any]]:
     sql = ("SELECT namespace, function, duration_ms, billed_ms, gb_seconds, status, cold "
            "FROM invocations WHERE start_ts >= ?")
     args: list[Any] = [since]
+    if until is not None:
+        sql += " AND start_ts < ?"
+        args.append(until)
     if namespace is not None:
         sql += " AND namespace = ?"
         args.append(namespace)
     return [dict(r) for r in conn.execute(sql, args).fetchall()]
+
+
+def history(conn: sqlite3.Connection, namespace: str, function: str, *, since: float = 0.0,
+            statuses: tuple[str, ...] | None = None, failed: bool = False,
+            before_id: int | None = None, limit: int = 50) -> list[dict[str, Any]]:
+    """A function's invocations, newest first. ``failed``: every status but succeeded.
+    ``queued_ms`` (async events only) is the time from acceptance to this attempt's start, from
+    the queue's row while it is kept. ``id`` is the cursor for ``before_id``."""
+    sql = ("SELECT i.id, i.request_id, i.version, i.trigger, i.start_ts, i.init_ms,"
+           " i.duration_ms, i.billed_ms, i.memory_mb, i.status, i.error_type, i.cold,"
+           " i.max_memory_mb, CASE WHEN e.created_at IS NULL THEN NULL"
+           " WHEN i.start_ts < e.created_at THEN 0.0"
+           " ELSE (i.start_ts - e.created_at) * 1000.0 END AS queued_ms"
+           " FROM invocations i LEFT JOIN events e ON e.id = i.request_id"
+           " WHERE i.namespace = ? AND i.function = ? AND i.start_ts >= ?")
+    args: list[Any] = [namespace, function, since]
+    if failed:
+        sql += " AND i.status != 'succeeded'"
+    if statuses:
+        sql += f" AND i.status IN ({', '.join('?' * len(statuses))})"
+        args.extend(statuses)
+    if before_id is not None:
+        sql += " AND i.id < ?"
+        args.append(before_id)
+    sql += " ORDER BY i.start_ts DESC, i.id DESC LIMIT ?"
+    args.append(limit)
+    return [dict(r) for r in conn.execute(sql, args).fetchall()]
+
+
+def series_rows(conn: sqlite3.Connection, namespace: str, function: str, *, since: float,
+                until: float, limit: int) -> tuple[list[dict[str, Any]], bool]:
+    """What the console's charts are made of: start, run time, status and cold flag of a
+    function's invocations in [since, until), oldest first. Past ``limit`` rows only the newest
+    ``limit`` come back and the flag says the window was cut."""
+    rows = conn.execute(
+        "SELECT start_ts, duration_ms, status, cold FROM invocations"
+        " WHERE namespace = ? AND function = ? AND start_ts >= ? AND start_ts < ?"
+        " ORDER BY start_ts DESC LIMIT ?", (namespace, function, since, until, limit + 1),
+    ).fetchall()
+    cut = len(rows) > limit
+    return [dict(r) for r in reversed(rows[:limit])], cut
+
+
+def summary_by_function(conn: sqlite3.Connection, namespace: str,
+                        since: float) -> list[dict[str, Any]]:
+    """One row per function of the tenant with invocations since ``since``: counts, mean run
+    time and the last start (the console's function list; percentiles need the rows)."""
+    sql = ("SELECT function, COUNT(*) AS invocations,"
+           " SUM(CASE WHEN status != 'succeeded' THEN 1 ELSE 0 END) AS errors,"
+           " SUM(cold) AS cold_starts, AVG(duration_ms) AS avg_ms, MAX(start_ts) AS last_ts"
+           " FROM invocations WHERE namespace = ? AND start_ts >= ? GROUP BY function")
+    return [dict(r) for r in conn.execute(sql, (namespace, since)).fetchall()]
+
+
+def prune(conn: sqlite3.Connection, *, before: float, batch: int = 5000) -> int:
+    """Delete records that started before ``before``, in batches so a large backlog does not
+    hold the write lock for long; returns how many went."""
+    total = 0
+    while True:
+        with transaction(conn):
+            cur = conn.execute("DELETE FROM invocations WHERE id IN (SELECT id FROM invocations"
+                               " WHERE start_ts < ? LIMIT ?)", (before, batch))
+        total += cur.rowcount
+        if cur.rowcount < batch:
+            return total
 
 
 def delete_function(conn: sqlite3.Connection, namespace: str, name: str) -> None:

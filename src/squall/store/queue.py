@@ -19,7 +19,7 @@ import json
 import sqlite3
 from typing import Any
 
-from squall.store.db import Migration, transaction
+from squall.store.db import Migration, is_postgres, transaction
 
 SCHEMA: list[Migration] = [
     ("queue-0001", """
@@ -78,12 +78,19 @@ CREATE TABLE schedule_state (
     in_flight TEXT
 )
 """),
+    # W3C traceparent of the request that submitted the event: every attempt and destination
+    # continues that trace (squall.observability.tracing).
+    ("queue-0002-traceparent", "ALTER TABLE events ADD COLUMN traceparent TEXT"),
 ]
 
 FINAL = ("succeeded", "dead_lettered")
 _EVENT_COLS = ("id, function, namespace, trigger, source, payload, status, attempts, "
                "idempotency_key, created_at, updated_at, next_attempt_at, lease_until, "
-               "started_at, finished_at, result, error")
+               "started_at, finished_at, result, error, traceparent")
+
+
+# MAX(attempts-1, 0) in SQL both dialects speak (PostgreSQL's two-argument form is GREATEST)
+_UNCHARGE = "CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END"
 
 
 def _row(r: sqlite3.Row | None) -> dict[str, Any] | None:
@@ -105,17 +112,19 @@ def find_idempotent(conn: sqlite3.Connection, namespace: str, function: str,
 
 def _insert_event(conn: sqlite3.Connection, *, id: str, function: str, namespace: str,
                   trigger: str, payload: str, now: float, source: str | None = None,
-                  idempotency_key: str | None = None) -> None:
+                  idempotency_key: str | None = None, traceparent: str | None = None) -> None:
     conn.execute(
         "INSERT INTO events (id, function, namespace, trigger, source, payload, status, attempts,"
-        " idempotency_key, created_at, updated_at, next_attempt_at)"
-        " VALUES (?,?,?,?,?,?,'queued',0,?,?,?,?)",
-        (id, function, namespace, trigger, source, payload, idempotency_key, now, now, now))
+        " idempotency_key, created_at, updated_at, next_attempt_at, traceparent)"
+        " VALUES (?,?,?,?,?,?,'queued',0,?,?,?,?,?)",
+        (id, function, namespace, trigger, source, payload, idempotency_key, now, now, now,
+         traceparent))
 
 
 def enqueue(conn: sqlite3.Connection, *, id: str, function: str, namespace: str, trigger: str,
             payload: str, now: float, source: str | None = None,
-            idempotency_key: str | None = None) -> tuple[str, bool]:
+            idempotency_key: str | None = None,
+            traceparent: str | None = None) -> tuple[str, bool]:
     """Insert a queued event in one transaction. With a key already used for this function,
     return (first id, False) and insert nothing."""
     with transaction(conn):
@@ -124,7 +133,8 @@ def enqueue(conn: sqlite3.Connection, *, id: str, function: str, namespace: str,
             if first is not None:
                 return first, False
         _insert_event(conn, id=id, function=function, namespace=namespace, trigger=trigger,
-                      payload=payload, now=now, source=source, idempotency_key=idempotency_key)
+                      payload=payload, now=now, source=source, idempotency_key=idempotency_key,
+                      traceparent=traceparent)
     return id, True
 
 
@@ -134,13 +144,17 @@ def claim(conn: sqlite3.Connection, *, now: float, limit: int,
     ran out), oldest due first; bump their attempt count."""
     if limit <= 0:
         return []
-    with transaction(conn):
+    # PostgreSQL, where gateways claim concurrently: each locks the rows it takes and skips the
+    # rows another holds, in a read-committed transaction (a second claimer re-checks a row
+    # another just took and finds it running). SQLite has one writer: nothing to skip.
+    skip = " FOR UPDATE SKIP LOCKED" if is_postgres(conn) else ""
+    with transaction(conn, isolation="read committed"):
         rows = conn.execute(
             f"UPDATE events SET status='running', attempts=attempts+1, lease_until=?,"
             f" started_at=?, updated_at=? WHERE id IN (SELECT id FROM events"
             f" WHERE (status IN ('queued','failed') AND next_attempt_at<=?)"
             f"    OR (status='running' AND lease_until<=?)"
-            f" ORDER BY next_attempt_at LIMIT ?) RETURNING {_EVENT_COLS}",
+            f" ORDER BY next_attempt_at, created_at, id LIMIT ?{skip}) RETURNING {_EVENT_COLS}",
             (now + lease_s, now, now, now, now, limit)).fetchall()
     return [dict(r) for r in rows]
 
@@ -150,8 +164,21 @@ def next_due_at(conn: sqlite3.Connection) -> float | None:
     r = conn.execute(
         "SELECT MIN(t) FROM (SELECT MIN(next_attempt_at) AS t FROM events"
         " WHERE status IN ('queued','failed')"
-        " UNION ALL SELECT MIN(lease_until) FROM events WHERE status='running')").fetchone()
+        " UNION ALL SELECT MIN(lease_until) FROM events WHERE status='running') AS due").fetchone()
     return None if r is None or r[0] is None else float(r[0])
+
+
+def depth(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+    """Unfinished events per function and state (queued, retrying, running) with the oldest
+    creation time: one indexed query, for the metrics scrape."""
+    rows = conn.execute(
+        "SELECT namespace, function, status, COUNT(*) AS count, MIN(created_at) AS oldest"
+        " FROM events WHERE status IN ('queued','failed','running')"
+        " GROUP BY namespace, function, status").fetchall()
+    names = {"queued": "queued", "failed": "retrying", "running": "running"}
+    return [{"namespace": r["namespace"], "function": r["function"],
+             "state": names[r["status"]], "count": r["count"], "oldest": r["oldest"]}
+            for r in rows]
 
 
 def recover(conn: sqlite3.Connection, *, now: float) -> int:
@@ -159,7 +186,7 @@ def recover(conn: sqlite3.Connection, *, now: float) -> int:
     not charge the interrupted attempt to its retry budget (the platform failed, not the code)."""
     with transaction(conn):
         cur = conn.execute(
-            "UPDATE events SET status='queued', attempts=MAX(attempts-1,0), lease_until=NULL,"
+            f"UPDATE events SET status='queued', attempts={_UNCHARGE}, lease_until=NULL,"
             " next_attempt_at=?, updated_at=? WHERE status='running'", (now, now))
     return cur.rowcount
 
@@ -167,7 +194,7 @@ def recover(conn: sqlite3.Connection, *, now: float) -> int:
 def release(conn: sqlite3.Connection, id: str, *, now: float, next_attempt_at: float) -> None:
     """Put a claimed event back without charging the attempt (throttled: 429 from the invoker)."""
     with transaction(conn):
-        conn.execute("UPDATE events SET status='queued', attempts=MAX(attempts-1,0),"
+        conn.execute(f"UPDATE events SET status='queued', attempts={_UNCHARGE},"
                      " lease_until=NULL, next_attempt_at=?, updated_at=? WHERE id=?",
                      (next_attempt_at, now, id))
 
@@ -215,9 +242,10 @@ def event_status(conn: sqlite3.Connection, id: str) -> str | None:
 
 def list_events(conn: sqlite3.Connection, *, function: str | None = None,
                 source: str | None = None, status: str | None = None,
-                limit: int = 100) -> list[dict[str, Any]]:
+                limit: int = 100, namespace: str | None = None) -> list[dict[str, Any]]:
     where, args = ["1=1"], []
-    for col, val in (("function", function), ("source", source), ("status", status)):
+    for col, val in (("namespace", namespace), ("function", function), ("source", source),
+                     ("status", status)):
         if val is not None:
             where.append(f"{col}=?")
             args.append(val)
@@ -247,8 +275,12 @@ def insert_dead_letter(conn: sqlite3.Connection, event: dict[str, Any], *, dlq_i
 
 
 def list_dead_letters(conn: sqlite3.Connection, *, function: str | None = None,
-                      include_redriven: bool = False, limit: int = 100) -> list[dict[str, Any]]:
+                      include_redriven: bool = False, limit: int = 100,
+                      namespace: str | None = None) -> list[dict[str, Any]]:
     where, args = [], []
+    if namespace is not None:
+        where.append("namespace=?")
+        args.append(namespace)
     if function is not None:
         where.append("function=?")
         args.append(function)
@@ -316,12 +348,15 @@ def delete_trigger(conn: sqlite3.Connection, id: str) -> bool:
 
 
 def list_triggers(conn: sqlite3.Connection, *, function: str | None = None,
-                  namespace: str = "default") -> list[dict[str, Any]]:
-    if function is None:
-        rows = conn.execute("SELECT * FROM triggers ORDER BY function, name").fetchall()
-    else:
-        rows = conn.execute("SELECT * FROM triggers WHERE namespace=? AND function=?"
-                            " ORDER BY name", (namespace, function)).fetchall()
+                  namespace: str | None = None) -> list[dict[str, Any]]:
+    """Triggers of one tenant (``namespace``; None: every tenant), of one function if given."""
+    where, args = ["1=1"], []
+    for col, val in (("namespace", namespace), ("function", function)):
+        if val is not None:
+            where.append(f"{col}=?")
+            args.append(val)
+    rows = conn.execute(f"SELECT * FROM triggers WHERE {' AND '.join(where)}"
+                        " ORDER BY namespace, function, name", args).fetchall()
     return [_trigger(r) for r in rows]
 
 
@@ -338,20 +373,33 @@ def get_schedule_state(conn: sqlite3.Connection, trigger_id: str) -> dict[str, A
     return _row(r)
 
 
+# A schedule's last tick only moves forward: of two gateways that evaluate the same tick, the
+# second finds it taken (see fire_schedule).
+_ADVANCE = (" WHERE schedule_state.last_tick IS NULL"
+            " OR schedule_state.last_tick < excluded.last_tick")
+
+
 def set_schedule_anchor(conn: sqlite3.Connection, trigger_id: str, tick: float) -> None:
     """Remember ``tick`` as handled without firing (first start, or a skipped tick)."""
     with transaction(conn):
         conn.execute("INSERT INTO schedule_state (trigger_id, last_tick) VALUES (?, ?)"
-                     " ON CONFLICT (trigger_id) DO UPDATE SET last_tick=excluded.last_tick",
-                     (trigger_id, tick))
+                     " ON CONFLICT (trigger_id) DO UPDATE SET last_tick=excluded.last_tick"
+                     + _ADVANCE, (trigger_id, tick))
 
 
 def fire_schedule(conn: sqlite3.Connection, trigger_id: str, tick: float,
-                  event: dict[str, Any]) -> None:
+                  event: dict[str, Any]) -> bool:
     """Enqueue a firing and advance the schedule in one transaction: a crash can neither lose the
-    tick nor fire it twice. ``event`` holds enqueue kwargs (without idempotency)."""
+    tick nor fire it twice, and neither can two gateways sharing the store: the schedule's state
+    moves to ``tick`` only if it is still before it, and only then is the event written.
+    Returns False (nothing written) when the tick was taken already. ``event`` holds enqueue
+    kwargs (without idempotency)."""
     with transaction(conn):
+        cur = conn.execute(
+            "INSERT INTO schedule_state (trigger_id, last_tick, in_flight) VALUES (?,?,?)"
+            " ON CONFLICT (trigger_id) DO UPDATE SET last_tick=excluded.last_tick,"
+            " in_flight=excluded.in_flight" + _ADVANCE, (trigger_id, tick, event["id"]))
+        if cur.rowcount == 0:
+            return False
         _insert_event(conn, idempotency_key=None, **event)
-        conn.execute("INSERT INTO schedule_state (trigger_id, last_tick, in_flight) VALUES (?,?,?)"
-                     " ON CONFLICT (trigger_id) DO UPDATE SET last_tick=excluded.last_tick,"
-                     " in_flight=excluded.in_flight", (trigger_id, tick, event["id"]))
+    return True

@@ -46,6 +46,7 @@ class TriggerSpec:
     batch_size: int = 1
     batch_window_s: float = 0.0
     concurrency: int = 1
+    namespace: str = "default"  # the tenant the function belongs to
 
 
 class Deliver(Protocol):

@@ -134,7 +134,9 @@ class RedisStreamsConnector(ReconnectingConnector):
             source=self._source, type="io.squall.redis.stream.entry",
             id=f"{cfg.stream}/{entry_id}",
             data={_text(k): _text(v) for k, v in fields.items()},
-            extensions={"redisid": entry_id, "deliveryattempt": attempt},
+            extensions={"redisid": entry_id, "deliveryattempt": attempt,
+                        # a producer's W3C trace context, as the CloudEvents tracing extension
+                        "traceparent": _text(fields.get(b"traceparent", b"")) or None},
         )
         self._in_flight.add(entry_id)
 
