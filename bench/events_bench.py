@@ -58,14 +58,15 @@ Toml = dict[str, str | int | bool | list[str]]
 
 # ---- 1. async throughput ----------------------------------------------------------------------
 
-def wrk_post(url: str, duration_s: int) -> dict[str, Any]:
+def wrk_post(url: str, duration_s: int, token: str = "") -> dict[str, Any]:
     """wrk -t2 -c32 with POST + X-Squall-Invocation-Type: Event; 2xx answers count as accepted."""
     exe = shutil.which("wrk")
     if exe is None:
         raise RuntimeError(WRK_HINT)
     with tempfile.TemporaryDirectory(prefix="squall-bench-lua-") as tmp:
         script = Path(tmp) / "post.lua"
-        script.write_text(POST_LUA)
+        auth = f'wrk.headers["Authorization"] = "Bearer {token}"\n' if token else ""
+        script.write_text(POST_LUA + auth)
         cmd = [exe, "-t2", "-c32", f"-d{duration_s}s", "-s", str(script), url]
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration_s + 60).stdout
     total = re.search(r"(\d+) requests in ([\d.]+)(ms|s|m)", out)
@@ -114,7 +115,8 @@ def async_throughput(p: Platform, quick: bool, tmp: Path) -> dict[str, Any]:
     (bundle / "squall.toml").write_text(f'name = "{name}"\nmax_instances = 4\n')
     p.deploy(bundle, name)
     t0 = time.monotonic()
-    load = wrk_post(f"{p.url}/api/v1/functions/{name}/invocations", 2 if quick else 5)
+    load = wrk_post(f"{p.url}/api/v1/functions/{name}/invocations", 2 if quick else 5,
+                    token=p.admin_key)
     wait_for(lambda: _backlog(p, name) == 0, 600, f"the {name} async queue to drain")
     drained_s = time.monotonic() - t0
     ok = p.http.get("/api/v1/invocations",

@@ -39,7 +39,18 @@ class Platform:
         env = dict(os.environ)
         if self.sandbox is not None:
             env["SQUALL_SANDBOX"] = self.sandbox
+        env.setdefault("SQUALL_S3_PORT", "0")
+        if self.admin_key:
+            env["SQUALL_API_KEY"] = self.admin_key
         return env
+
+    @property
+    def admin_key(self) -> str:
+        """The key `squall up` wrote on the first start of the data dir ('' before)."""
+        try:
+            return (self.data_dir / "admin-key").read_text().strip()
+        except OSError:
+            return ""
 
     def start(self) -> None:
         log = open(self.log_path, "ab")
@@ -58,9 +69,12 @@ class Platform:
         if self.proc.poll() is not None:
             raise RuntimeError(f"squall up exited with {self.proc.returncode}:\n{self.log_tail()}")
         try:
-            return self.http.get("/api/v1/functions", timeout=2).status_code == 200
+            if self.http.get("/healthz", timeout=2).status_code != 200 or not self.admin_key:
+                return False
         except httpx.HTTPError:
             return False
+        self.http.headers["authorization"] = f"Bearer {self.admin_key}"
+        return True
 
     def log_tail(self, n: int = 40) -> str:
         try:

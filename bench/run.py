@@ -6,6 +6,9 @@ BENCHMARKS.md, the raw samples to bench/results/<timestamp>.json.
   --quick          fewer samples, no numpy/scipy function (for CI)
   --baselines-only skip everything that needs the platform
   --no-write       print only; leave BENCHMARKS.md and bench/results alone
+  --peers          also run the peer harness (../shared/peers: squall, a bare server, workerd,
+                   serverless-offline, functions-framework; ~6 minutes, needs npm and PyPI)
+                   into bench/results/peers and put its side-by-side table in BENCHMARKS.md
 """
 
 from __future__ import annotations
@@ -13,7 +16,10 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +29,10 @@ sys.path.insert(0, str(HERE))
 import baselines  # noqa: E402
 import events_bench  # noqa: E402
 import report  # noqa: E402
+import runtimes_bench  # noqa: E402
+import s3 as s3_bench  # noqa: E402
 import squall_bench  # noqa: E402
+import tenancy_bench  # noqa: E402
 from util import machine  # noqa: E402
 
 
@@ -51,9 +60,9 @@ def _squall(quick: bool, notes: list[str]) -> tuple[dict[str, Any], dict[str, An
 
 
 def _notes_from(r: dict[str, Any], notes: list[str]) -> None:
-    for run_key in ("squall", "squall_process", "events"):
+    for run_key in ("squall", "squall_process", "events", "s3"):
         run = r.get(run_key) or {}
-        if run_key == "events" and "error" in run:
+        if run_key in ("events", "s3") and "error" in run:
             notes.append(f"{run_key} failed: {run['error']}")
         for key, value in run.items():
             if isinstance(value, dict) and "error" in value:
@@ -83,12 +92,39 @@ def _notes_from(r: dict[str, Any], notes: list[str]) -> None:
         notes.append(f"numpy+scipy: uv install into a fresh venv took {heavy['install_s']:.1f} s")
 
 
+PEERS = ("squall", "baseline", "workerd", "lambda", "ff")
+PEERS_DIR = HERE.parent.parent / "shared" / "peers"
+
+
+def run_peers() -> dict[str, Any]:
+    """The peer harness, Squall as a contender (installed from this checkout); its per-peer
+    JSON files, by file name. Its own RESULTS.md is left beside them."""
+    out_dir = HERE / "results" / "peers"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    script = PEERS_DIR / "run_all.sh"
+    if not script.exists():
+        return {"error": f"{script} is missing"}
+    env = {**os.environ, "RESULTS_DIR": str(out_dir)}
+    proc = subprocess.run(["bash", str(script), *PEERS], cwd=HERE.parent, env=env,
+                          capture_output=True, text=True, timeout=3600)
+    found: dict[str, Any] = {}
+    for path in sorted(out_dir.glob("*.json")):
+        try:
+            found[path.stem] = json.loads(path.read_text())
+        except ValueError:
+            continue
+    if proc.returncode != 0:
+        found["error"] = f"run_all.sh exited {proc.returncode}: {proc.stderr[-500:]}"
+    return found
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--baselines-only", action="store_true")
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--peers", action="store_true")
     args = ap.parse_args(argv)
 
     now = dt.datetime.now(dt.UTC)
@@ -111,6 +147,25 @@ def main(argv: list[str] | None = None) -> int:
             r["events"] = events_bench.run(args.quick, log)
         except Exception as exc:
             r["events"] = {"error": f"{type(exc).__name__}: {exc}"}
+        log("runtimes: python, FastAPI, node, provided cold starts after idle ...")
+        try:
+            r["runtimes"] = runtimes_bench.run(8 if args.quick else 20, 1.0)
+        except Exception as exc:
+            r["runtimes"] = {"error": f"{type(exc).__name__}: {exc}"}
+        log("tenancy: tenant B's latency while tenant A is at its quota ...")
+        try:
+            with tempfile.TemporaryDirectory(prefix="squall-bench-") as tmp:
+                r["tenancy"] = tenancy_bench.run(args.quick, HERE / "functions", Path(tmp))
+        except Exception as exc:
+            r["tenancy"] = {"error": f"{type(exc).__name__}: {exc}"}
+        log("s3: object store PUT/GET MB/s against the disk, upload -> function start ...")
+        try:
+            r["s3"] = s3_bench.run(args.quick, log)
+        except Exception as exc:
+            r["s3"] = {"error": f"{type(exc).__name__}: {exc}"}
+    if args.peers:
+        log("peers: ../shared/peers/run_all.sh " + " ".join(PEERS) + " (about 6 minutes) ...")
+        r["peers"] = run_peers()
     _notes_from(r, notes)
 
     rows = report.build_rows(r)

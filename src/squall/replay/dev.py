@@ -83,10 +83,11 @@ class Dev:
 
     async def run(self, stop: asyncio.Event) -> None:
         try:
+            before = self._sources()
             await self._load("loaded")
             with self._listen() as sock:
                 async with asyncio.TaskGroup() as tg:
-                    tg.create_task(self._watch(stop))
+                    tg.create_task(self._watch(stop, before))
                     if sock is not None:
                         tg.create_task(self._serve(sock, stop))
         finally:
@@ -108,12 +109,34 @@ class Dev:
             self.say(f"[dev] running {self.feed.source}")
             self.say(*format_result(await self.fn.invoke(self.feed.event)))
 
-    async def _watch(self, stop: asyncio.Event) -> None:
-        async for changes in awatch(self.fn.folder, watch_filter=SourceFilter(),
-                                    stop_event=stop, debounce=400):
-            names = sorted({Path(p).relative_to(self.fn.folder).as_posix() for _c, p in changes})
-            self.say(f"[dev] {', '.join(names)} changed: reloading")
+    def _sources(self) -> dict[str, int]:
+        """mtime of every watched file (what a save made before the watcher ran would change)."""
+        keep = SourceFilter()
+        return {str(f): f.stat().st_mtime_ns for f in Path(self.fn.folder).rglob("*")
+                if f.is_file() and keep(Change.modified, str(f))}
+
+    async def _watch(self, stop: asyncio.Event, before: dict[str, int]) -> None:
+        changes_of = awatch(self.fn.folder, watch_filter=SourceFilter(), stop_event=stop,
+                            debounce=400).__aiter__()
+        pending = asyncio.ensure_future(changes_of.__anext__())
+        for _ in range(3):  # the generator runs up to its first wait: the watcher now exists
+            await asyncio.sleep(0)
+        if self._sources() != before:  # saved while the first load ran, before the watcher
+            self.say("[dev] changed while loading: reloading")
             await self._load("reloaded")
+        try:
+            while True:
+                try:
+                    changes = await pending
+                except StopAsyncIteration:
+                    return
+                names = sorted({Path(p).relative_to(self.fn.folder).as_posix()
+                                for _c, p in changes})
+                self.say(f"[dev] {', '.join(names)} changed: reloading")
+                await self._load("reloaded")
+                pending = asyncio.ensure_future(changes_of.__anext__())
+        finally:
+            pending.cancel()
 
     @contextlib.contextmanager
     def _listen(self) -> Iterator[socket.socket | None]:
