@@ -443,7 +443,8 @@ async def _raw_latency(b: Broker, n: int) -> list[float]:
 async def connector_latency(p: Platform, kind: str, n: int, tmp: Path) -> dict[str, Any]:
     b = BROKERS[kind]()
     name = f"ev-{kind}-{b.tag[:8]}"
-    async with httpx.AsyncClient(base_url=p.url, timeout=60) as http:
+    async with httpx.AsyncClient(base_url=p.url, timeout=60,
+                                 headers=dict(p.http.headers)) as http:
         try:
             await b.setup()
             bundle = write_bundle(tmp, name, kind, b.trigger())

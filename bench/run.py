@@ -104,7 +104,7 @@ def run_peers() -> dict[str, Any]:
     script = PEERS_DIR / "run_all.sh"
     if not script.exists():
         return {"error": f"{script} is missing"}
-    env = {**os.environ, "RESULTS_DIR": str(out_dir)}
+    env = {**os.environ, "RESULTS_DIR": str(out_dir), "SQUALL_SRC": str(HERE.parent)}
     proc = subprocess.run(["bash", str(script), *PEERS], cwd=HERE.parent, env=env,
                           capture_output=True, text=True, timeout=3600)
     found: dict[str, Any] = {}

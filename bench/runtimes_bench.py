@@ -34,7 +34,7 @@ from util import summary
 ROOT = Path(__file__).resolve().parent.parent
 # label -> (function name, folder, path requested under /fn/<name>)
 FUNCTIONS = {"python hello": ("hello", ROOT / "examples" / "hello", ""),
-             "FastAPI app (asgi)": ("shop", ROOT / "examples" / "fastapi-app", "/items/7"),
+             "FastAPI app (asgi)": ("shop", ROOT / "examples" / "fastapi-app", "/items/1"),
              "node hello": ("node-hello", ROOT / "examples" / "node-hello", ""),
              "provided (awslambdaric)": ("provided-ric", ROOT / "examples" / "provided-ric", "")}
 
