@@ -150,10 +150,17 @@ async def _install(requirements: bytes, env_dir: Path, progress: Callable[[str],
 
 
 async def _run_uv(args: list[str], progress: Callable[[str], None]) -> None:
-    env = dict(os.environ, NO_COLOR="1", UV_NO_PROGRESS="1")
+    await run_installer([find_uv(), *args], "requirements", progress,
+                        env={"UV_NO_PROGRESS": "1"})
+
+
+async def run_installer(argv: list[str], what: str, progress: Callable[[str], None], *,
+                        env: dict[str, str], cwd: Path | None = None) -> None:
+    """Run a package installer (uv, npm), stream its lines to ``progress``; on failure raise
+    DependencyError with the last lines of its output (400 ``dependency_install_failed``)."""
     proc = await asyncio.create_subprocess_exec(
-        find_uv(), *args, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT, env=env)
+        *argv, cwd=cwd, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT, env=dict(os.environ, NO_COLOR="1", **env))
     tail: collections.deque[str] = collections.deque(maxlen=_TAIL_LINES)
     try:
         assert proc.stdout is not None
@@ -168,5 +175,5 @@ async def _run_uv(args: list[str], progress: Callable[[str], None]) -> None:
             await proc.wait()
     if rc != 0:
         output = "\n".join(tail)
-        raise DependencyError(f"installing requirements failed (uv exited with {rc}):\n{output}",
-                              details={"output": output})
+        raise DependencyError(f"installing {what} failed ({Path(argv[0]).name} exited with "
+                              f"{rc}):\n{output}", details={"output": output})

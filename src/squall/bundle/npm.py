@@ -15,7 +15,6 @@ Only ``dependencies`` are installed (``--omit=dev``).
 from __future__ import annotations
 
 import asyncio
-import collections
 import fcntl
 import hashlib
 import json
@@ -25,10 +24,8 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
-from squall.bundle.deps import MARKER, _commit, _flock, _prepare
+from squall.bundle.deps import MARKER, _commit, _flock, _prepare, run_installer
 from squall.errors import DependencyError, InvalidBundle
-
-_TAIL_LINES = 40
 
 
 def has_dependencies(package_json: bytes) -> bool:
@@ -107,23 +104,5 @@ async def _run_npm(args: list[str], cwd: Path, progress: Callable[[str], None]) 
     if npm is None:
         raise DependencyError("cannot install package.json dependencies: npm was not found on "
                               "the platform's PATH")
-    env = dict(os.environ, NO_COLOR="1", npm_config_progress="false")
-    proc = await asyncio.create_subprocess_exec(
-        npm, *args, cwd=cwd, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT, env=env)
-    tail: collections.deque[str] = collections.deque(maxlen=_TAIL_LINES)
-    try:
-        assert proc.stdout is not None
-        async for raw in proc.stdout:
-            line = raw.decode("utf-8", errors="replace").rstrip()
-            tail.append(line)
-            progress(line)
-        rc = await proc.wait()
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    if rc != 0:
-        output = "\n".join(tail)
-        raise DependencyError(f"installing package.json dependencies failed (npm exited with "
-                              f"{rc}):\n{output}", details={"output": output})
+    await run_installer([npm, *args], "package.json dependencies", progress, cwd=cwd,
+                        env={"npm_config_progress": "false"})
