@@ -46,6 +46,11 @@ class LogSink:
         """All the lines of one invocation, in order, as one entry."""
         self._batch.append((namespace, function, request_id, time.time(), "\n".join(lines)))
 
+    def append_text(self, function: str, request_id: str, text: str,
+                    namespace: str = "default") -> None:
+        """``append_block`` of lines already joined by newlines."""
+        self._batch.append((namespace, function, request_id, time.time(), text))
+
     def observe_flush(self, observe: Callable[[float], None]) -> None:
         self._batch.on_flush = observe
 

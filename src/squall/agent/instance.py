@@ -10,7 +10,7 @@ import socket
 import struct
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from squall.runtime.adapters import lambda_response
 from squall.runtime.protocol import HEADER, MAX_FRAME, ProtocolError, decode, encode
@@ -65,6 +65,56 @@ def _resolve(fut: asyncio.Future[None]) -> None:
         fut.set_result(None)
 
 
+class _Channel(asyncio.Protocol):
+    """The platform's end of an instance's channel: frames are parsed as the loop reads them and
+    handed to the instance synchronously (no reader task, no await per frame: this is on every
+    warm invocation's path). A frame split over several reads is kept until it is whole."""
+
+    def __init__(self, inst: Instance) -> None:
+        self._inst = inst
+        self._buf = bytearray()
+        self._need = HEADER.size  # bytes the buffer must hold before a frame can be complete
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+
+    def data_received(self, data: bytes) -> None:
+        buf = self._buf
+        if buf:
+            buf += data
+            if len(buf) < self._need:
+                return
+            data = bytes(buf)
+            buf.clear()
+        end = len(data)
+        pos = 0
+        frame = self._inst._frame
+        try:
+            while end - pos >= 4:
+                (length,) = HEADER.unpack_from(data, pos)
+                if length > MAX_FRAME:
+                    raise ProtocolError(f"frame of {length} bytes")
+                stop = pos + 4 + length
+                if stop > end:
+                    self._need = 4 + length
+                    break
+                frame(decode(data[pos + 4:stop]))
+                pos = stop
+            else:
+                self._need = HEADER.size
+        except ProtocolError:
+            if self.transport is not None:
+                self.transport.abort()
+            self._inst._mark_dead()
+            return
+        if pos < end:
+            buf += memoryview(data)[pos:]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._inst._mark_dead()
+
+
 class InstanceDied(Exception):
     """The instance's channel closed (crash, kill, OOM) while an invocation was in flight."""
 
@@ -91,14 +141,14 @@ class Instance:
         self._pidfd = -1
         with contextlib.suppress(OSError):
             self._pidfd = os.pidfd_open(pid)
-        self._reader: asyncio.StreamReader | None = None
-        self._writer: asyncio.StreamWriter | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._transport: asyncio.Transport | None = None
+        self._paused = False  # reading stopped: a stream's consumer is behind (STREAM_WINDOW)
 
     async def attach(self) -> None:
-        """Wrap the channel in streams and start reading frames (after ``place``)."""
-        self._reader, self._writer = await asyncio.open_unix_connection(sock=self._sock)
-        self._task = asyncio.get_running_loop().create_task(self._read_loop())
+        """Start reading frames from the channel (after ``place``)."""
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_unix_connection(lambda: _Channel(self), sock=self._sock)
+        self._transport = transport
 
     @property
     def spare(self) -> int:
@@ -113,14 +163,15 @@ class Instance:
         becomes the ``res`` frame's value. Raises InstanceDied if the channel closes first, and
         whatever the sink raises. The caller enforces the timeout, over the whole stream.
         """
-        if self.dead or self._writer is None:
+        transport = self._transport
+        if self.dead or transport is None:
             raise InstanceDied("instance is not running")
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self.inflight[request_id] = fut
         self.logs[request_id] = []
         self.invocations += 1
         try:
-            self._writer.write(
+            transport.write(
                 encode({"t": "inv", "id": request_id, "ev": event, "dl": deadline_ms, "ctx": ctx})
             )
             reply = await fut
@@ -140,6 +191,8 @@ class Instance:
         await out.start(int(head.get("s", 200)), [(bytes(k), bytes(v)) for k, v in head["h"]])
         while True:
             msg = await queue.get()
+            if self._paused and queue.qsize() < STREAM_WINDOW:
+                self._resume()
             kind = msg["t"]
             if kind == "body":
                 await out.send(msg["b"])
@@ -151,55 +204,59 @@ class Instance:
                 return msg
 
     def _end_stream(self, request_id: str) -> None:
-        """Forget a stream; a reader waiting to put into its full queue is let go."""
-        queue = self.streams.pop(request_id, None)
-        while queue is not None and not queue.empty():
-            queue.get_nowait()
+        """Forget a stream; reading resumes if it was the one that paused it."""
+        self.streams.pop(request_id, None)
+        if self._paused:
+            self._resume()
 
-    async def _to_stream(self, rid: str, kind: str, msg: dict[str, Any]) -> bool:
-        """Route a frame of a streamed response; False when it is not one."""
+    def _to_stream(self, rid: str, kind: str, msg: dict[str, Any]) -> bool:
+        """Route a frame of a streamed response; False when it is not one. A queue that reaches
+        STREAM_WINDOW frames stops the reading of the channel until its consumer catches up:
+        the instance then blocks in send, the backpressure a streaming function should feel."""
         queue = self.streams.get(rid)
         if queue is not None:
-            await queue.put(msg)
+            queue.put_nowait(msg)
+            if queue.qsize() >= STREAM_WINDOW and not self._paused:
+                transport = self._transport
+                if transport is not None and not transport.is_closing():
+                    transport.pause_reading()
+                    self._paused = True
             return True
         if kind == "head":
             fut = self.inflight.get(rid)
             if fut is not None and not fut.done():
-                self.streams[rid] = asyncio.Queue(STREAM_WINDOW)
+                self.streams[rid] = asyncio.Queue()
                 fut.set_result(msg)
             return True
         return kind == "body"  # of a stream already given up: dropped
 
+    def _resume(self) -> None:
+        if any(q.qsize() >= STREAM_WINDOW for q in self.streams.values()):
+            return
+        self._paused = False
+        transport = self._transport
+        if transport is not None and not transport.is_closing():
+            transport.resume_reading()
+
     def take_logs(self, request_id: str) -> list[str]:
         return self.logs.pop(request_id, [])
 
-    async def _read_loop(self) -> None:
-        assert self._reader is not None
-        try:
-            while True:
-                header = await self._reader.readexactly(HEADER.size)
-                (length,) = HEADER.unpack(header)
-                if length > MAX_FRAME:
-                    raise ProtocolError(f"frame of {length} bytes")
-                msg = decode(await self._reader.readexactly(length))
-                kind = msg["t"]
-                rid = msg.get("id", "")
-                if kind == "log":
-                    lines = self.logs.get(rid)
-                    if lines is not None:
-                        lines.append(str(msg.get("m", "")))
-                elif self.streams and await self._to_stream(rid, kind, msg):
-                    pass
-                elif kind in ("res", "err"):
-                    fut = self.inflight.get(rid)
-                    if fut is not None and not fut.done():
-                        fut.set_result(msg)
-                elif kind in ("head", "body"):
-                    await self._to_stream(rid, kind, msg)
-        except (asyncio.IncompleteReadError, ConnectionError, ProtocolError, OSError):
+    def _frame(self, msg: dict[str, Any]) -> None:
+        """One frame from the instance (called by the channel as soon as it is read)."""
+        kind = msg["t"]
+        rid = msg.get("id", "")
+        if kind == "log":
+            lines = self.logs.get(rid)
+            if lines is not None:
+                lines.append(str(msg.get("m", "")))
+        elif self.streams and self._to_stream(rid, kind, msg):
             pass
-        finally:
-            self._mark_dead()
+        elif kind == "res" or kind == "err":
+            fut = self.inflight.get(rid)
+            if fut is not None and not fut.done():
+                fut.set_result(msg)
+        elif kind == "head" or kind == "body":
+            self._to_stream(rid, kind, msg)
 
     def _mark_dead(self) -> None:
         if self.dead:
@@ -209,8 +266,6 @@ class Instance:
             if not fut.done():
                 fut.set_exception(InstanceDied("instance exited"))
         for queue in self.streams.values():
-            if queue.full():  # the stream is broken anyway: its last chunk gives way
-                queue.get_nowait()
             queue.put_nowait(_DEAD)
         self._on_exit(self)
 
@@ -219,13 +274,13 @@ class Instance:
         if self._pidfd >= 0:
             with contextlib.suppress(ProcessLookupError, OSError):
                 signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
-        if self._writer is not None:
-            self._writer.close()
+        if self._transport is not None:
+            self._transport.close()
 
     async def stop(self, grace_s: float) -> None:
         """Close the channel (the runtime exits on EOF), wait up to ``grace_s``, then SIGKILL."""
-        if self._writer is not None and not self._writer.is_closing():
-            self._writer.close()
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.close()
         if self._pidfd >= 0 and not await self._wait_exit(grace_s):
             with contextlib.suppress(ProcessLookupError, OSError):
                 signal.pidfd_send_signal(self._pidfd, signal.SIGTERM)
@@ -248,14 +303,9 @@ class Instance:
             loop.remove_reader(fd)
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
         self._mark_dead()
-        if self._writer is not None:
-            self._writer.close()
+        if self._transport is not None:
+            self._transport.close()
         if self._pidfd >= 0:
             os.close(self._pidfd)
             self._pidfd = -1

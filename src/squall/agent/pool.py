@@ -2,13 +2,14 @@
 
 Idle instances are reused most-recently-used first (warmest caches); new ones are forked while
 the version has fewer than ``max_instances``; beyond that a caller waits a bounded time and then
-gets TooManyRequests. Instances idle past the keep-alive are stopped, down to ``min_instances``.
+gets TooManyRequests. Waiting callers are served first come, first served: a slot that frees up
+is handed to the oldest waiter, never taken by a caller that arrived later. Instances idle past
+the keep-alive are stopped, down to ``min_instances``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -27,6 +28,16 @@ class PoolSpec:
     queue_wait_s: float = 10.0
 
 
+# What a waiter is woken with: a slot reserved for it on an instance, or None (look again: the
+# wait is over, or an instance exited and one may be started in its place).
+_Wake = asyncio.Future["Instance | None"]
+
+
+def _look_again(fut: _Wake) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
 class Pool:
     """``acquire`` reserves one slot on an instance; every acquire is paired with ``release``."""
 
@@ -37,11 +48,15 @@ class Pool:
         self.spec = spec
         self.instances: dict[str, Instance] = {}
         self.reserved: dict[str, int] = {}
+        # Instances with a free slot, in the order they last became free: the last one is the
+        # most recently used (``_pick`` is O(1) instead of a scan of every instance).
+        self._free: dict[str, Instance] = {}
+        self._in_flight = 0
         self.starting = 0
         self.created_total = 0
         self._start = start
         self._clock = clock
-        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._waiters: deque[_Wake] = deque()
         # called with the in-flight count on every change (the autoscaler's observations)
         self.observer: Callable[[int], None] | None = None
         self._drained = asyncio.Event()
@@ -53,28 +68,40 @@ class Pool:
 
     @property
     def in_flight(self) -> int:
-        return sum(self.reserved.values())
+        return self._in_flight
 
     def _pick(self) -> Instance | None:
-        best: Instance | None = None
-        for inst in self.instances.values():
-            if inst.dead or self.reserved.get(inst.id, 0) >= inst.concurrency:
-                continue
-            if best is None or inst.last_used > best.last_used:
-                best = inst
-        return best
+        """The most recently used instance with a free slot (None when there is none)."""
+        free = self._free
+        while free:
+            iid = next(reversed(free))
+            inst = free[iid]
+            if not inst.dead and self.instances.get(iid) is inst:
+                return inst
+            del free[iid]  # died or detached since it became free
+        return None
+
+    def _queued(self) -> bool:
+        """Someone is waiting (waiters whose wait ended are dropped from the front)."""
+        waiters = self._waiters
+        while waiters and waiters[0].done():
+            waiters.popleft()
+        return bool(waiters)
 
     async def acquire(self) -> tuple[Instance, bool]:
         """Return (instance, cold). Raises TooManyRequests after ``queue_wait_s`` at capacity."""
         deadline = self._clock() + self.spec.queue_wait_s
         while True:
-            inst = self._pick()
-            if inst is not None:
-                self._reserve(inst)
-                return inst, False
+            if not self._queued():  # else the free slots go to those who came first
+                inst = self._pick()
+                if inst is not None:
+                    self._reserve(inst)
+                    return inst, False
             if self.size < self.spec.max_instances:
-                inst = await self.grow()
+                inst = await self._grow()
                 self._reserve(inst)
+                if inst.concurrency > 1:
+                    self._offer(inst)  # its other slots
                 return inst, True
             remaining = deadline - self._clock()
             if remaining <= 0:
@@ -83,24 +110,45 @@ class Pool:
                     f"retry later or raise max_instances",
                     retry_after_s=1,
                 )
-            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            loop = asyncio.get_running_loop()
+            fut: _Wake = loop.create_future()
             self._waiters.append(fut)
+            timer = loop.call_later(remaining, _look_again, fut)  # a plain timer, not a task
             try:
-                await asyncio.wait_for(fut, remaining)
-            except TimeoutError:
-                pass
+                given = await fut
+            except asyncio.CancelledError:
+                handed = fut.result() if fut.done() and not fut.cancelled() else None
+                if handed is not None:
+                    self.release(handed)  # reserved for us as we were cancelled: give it back
+                raise
             finally:
-                with contextlib.suppress(ValueError):
-                    self._waiters.remove(fut)
+                timer.cancel()
+            if given is not None:
+                return given, False  # reserved for us by release
 
     def _reserve(self, inst: Instance) -> None:
-        self.reserved[inst.id] = self.reserved.get(inst.id, 0) + 1
+        n = self.reserved.get(inst.id, 0) + 1
+        self.reserved[inst.id] = n
+        if n >= inst.concurrency:
+            self._free.pop(inst.id, None)
+        self._in_flight += 1
         self._drained.clear()
         if self.observer is not None:
-            self.observer(self.in_flight)
+            self.observer(self._in_flight)
 
-    async def grow(self) -> Instance:
-        """Start one more instance (not reserved)."""
+    def _offer(self, inst: Instance) -> None:
+        """``inst`` has a free slot: reserve it for the oldest waiter, or keep it as free (the
+        most recently used)."""
+        while self._waiters and self.reserved.get(inst.id, 0) < inst.concurrency:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                self._reserve(inst)
+                fut.set_result(inst)
+        if self.reserved.get(inst.id, 0) < inst.concurrency:
+            self._free.pop(inst.id, None)
+            self._free[inst.id] = inst
+
+    async def _grow(self) -> Instance:
         self.starting += 1
         try:
             inst = await self._start(self)
@@ -110,25 +158,37 @@ class Pool:
         self.created_total += 1
         return inst
 
+    async def grow(self) -> Instance:
+        """Start one more instance (not reserved: a waiter, if any, gets it)."""
+        inst = await self._grow()
+        self._offer(inst)
+        return inst
+
     def release(self, inst: Instance) -> None:
-        left = self.reserved.get(inst.id, 0) - 1
-        if left > 0:
-            self.reserved[inst.id] = left
+        iid = inst.id
+        held = self.reserved.get(iid, 0)
+        if held > 1:
+            self.reserved[iid] = held - 1
         else:
-            self.reserved.pop(inst.id, None)
+            self.reserved.pop(iid, None)
+        if held > 0:
+            self._in_flight -= 1
         inst.last_used = self._clock()
+        if self.observer is not None:
+            self.observer(self._in_flight)
+        if self.instances.get(iid) is inst and not inst.dead:
+            self._offer(inst)
         if not self.reserved:
             self._drained.set()
-        if self.observer is not None:
-            self.observer(self.in_flight)
-        self._wake()
 
     def on_exit(self, inst: Instance) -> None:
         """Called by the instance when its channel closes."""
         self.instances.pop(inst.id, None)
+        self._free.pop(inst.id, None)
         self._wake()
 
     def _wake(self) -> None:
+        """Let the oldest waiter look again (an instance may be started in a dead one's place)."""
         while self._waiters:
             fut = self._waiters.popleft()
             if not fut.done():
@@ -156,3 +216,4 @@ class Pool:
     def detach(self, insts: list[Instance]) -> None:
         for inst in insts:
             self.instances.pop(inst.id, None)
+            self._free.pop(inst.id, None)

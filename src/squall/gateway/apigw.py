@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import time
+from json import encoder as _json_encoder
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -17,6 +18,38 @@ _TEXT_TYPES = ("text/", "application/json", "application/xml", "application/java
 def _is_text(content_type: str) -> bool:
     ct = content_type.lower()
     return any(ct.startswith(t) for t in _TEXT_TYPES) or ct.endswith("+json") or ct.endswith("+xml")
+
+
+def _not_serializable(o: Any) -> Any:
+    raise TypeError(f"Object of type {o.__class__.__name__} is not JSON serializable")
+
+
+# json.dumps(value) with its defaults, minus the per-call set-up (a third of the cost for a
+# small value): the C encoder is made once. No circular-reference check: the values come from
+# msgpack frames, which cannot hold a cycle.
+_c_make_encoder: Any = getattr(_json_encoder, "c_make_encoder", None)  # CPython's accelerator
+_ENCODE: Any = None if _c_make_encoder is None else _c_make_encoder(
+    None, _not_serializable, _json_encoder.encode_basestring_ascii, None, ": ", ", ", False,
+    False, True)
+
+
+def dumps(value: Any) -> bytes:
+    """``json.dumps(value).encode()``, the same bytes, faster."""
+    if _ENCODE is None or isinstance(value, str):
+        return json.dumps(value).encode()
+    return "".join(_ENCODE(value, 0)).encode()
+
+
+_clock: tuple[int, str] = (0, "")
+
+
+def _request_time(now: float) -> str:
+    """requestContext.time ("02/Dec/2026:21:00:00 +0000"), formatted once a second."""
+    global _clock
+    sec = int(now)
+    if _clock[0] != sec:
+        _clock = (sec, time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(sec)))
+    return _clock[1]
 
 
 def build_event(*, function: str, method: str, path: str, raw_query: str,
@@ -33,8 +66,9 @@ def build_event(*, function: str, method: str, path: str, raw_query: str,
             continue
         hdrs[name] = f"{hdrs[name]},{value}" if name in hdrs else value
     qs: dict[str, str] = {}
-    for k2, v2 in parse_qsl(raw_query, keep_blank_values=True):
-        qs[k2] = f"{qs[k2]},{v2}" if k2 in qs else v2
+    if raw_query:
+        for k2, v2 in parse_qsl(raw_query, keep_blank_values=True):
+            qs[k2] = f"{qs[k2]},{v2}" if k2 in qs else v2
     now = time.time()
     event: dict[str, Any] = {
         "version": "2.0",
@@ -57,7 +91,7 @@ def build_event(*, function: str, method: str, path: str, raw_query: str,
             "requestId": request_id,
             "routeKey": "$default",
             "stage": "$default",
-            "time": time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(now)),
+            "time": _request_time(now),
             "timeEpoch": int(now * 1000),
         },
         "pathParameters": {"proxy": path.lstrip("/")} if path not in ("", "/") else {},
@@ -107,10 +141,10 @@ def to_response(value: Any) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         elif isinstance(raw, str):
             body = raw.encode("utf-8")
         else:
-            body = json.dumps(raw).encode()
+            body = dumps(raw)
         if not has_ct:
             headers.append((b"content-type", b"application/json"))
         return status, headers, body
     if isinstance(value, str):
         return 200, [(b"content-type", b"application/json")], value.encode("utf-8")
-    return 200, [(b"content-type", b"application/json")], json.dumps(value).encode()
+    return 200, [(b"content-type", b"application/json")], dumps(value)

@@ -12,7 +12,7 @@ tenant, gets the same 404 as a function that does not exist.
 from __future__ import annotations
 
 import json
-import uuid
+from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -22,6 +22,7 @@ from squall.bundle.spec import validate_name
 from squall.errors import Forbidden, FunctionNotFound, InvalidName, SquallError
 from squall.gateway.apigw import build_event, to_response
 from squall.gateway.stream import HttpStream
+from squall.invoker.invoker import new_request_id
 from squall.platform import Platform
 from squall.tenancy.model import DEFAULT_TENANT
 from squall.tenancy.model import Scope as KeyScope
@@ -41,6 +42,62 @@ def split_path(path: str) -> tuple[str, str] | None:
     return None
 
 
+def _has_length(headers: list[tuple[bytes, bytes]]) -> bool:
+    for k, _ in headers:
+        if k.lower() == b"content-length":
+            return True
+    return False
+
+
+class _Joined:
+    """Stands in for a uvicorn connection's transport while one whole response is sent, so
+    that its head and body leave in one write: one system call and one wake-up of the client
+    instead of two (uvloop writes at once on every call). Whatever else the server does with
+    its transport goes to the real one, after what is held."""
+
+    __slots__ = ("_held", "_transport")
+
+    def __init__(self, transport: Any) -> None:
+        self._transport = transport
+        self._held: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self._held.append(data)
+
+    def flush(self) -> None:
+        if self._held:
+            data = b"".join(self._held)
+            self._held = []
+            self._transport.write(data)
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+async def _send_whole(send: Send, status: int, headers: list[tuple[bytes, bytes]],
+                      body: bytes) -> None:
+    """The two ASGI messages of a whole response; under uvicorn (its send is a bound method
+    of the request's cycle, which has a ``transport``), written with one write."""
+    cycle = getattr(send, "__self__", None)
+    transport = getattr(cycle, "transport", None)
+    if transport is None or not hasattr(transport, "write"):
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+        return
+    joined = _Joined(transport)
+    cycle.transport = joined  # type: ignore[union-attr]
+    try:
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+    finally:
+        cycle.transport = transport  # type: ignore[union-attr]
+        joined.flush()
+
+
 class Gateway:
     """Wraps the control-API app: /fn/ requests are served here, everything else passes on."""
 
@@ -53,7 +110,7 @@ class Gateway:
         if target is None:
             await self.app(scope, receive, send)
             return
-        rid = str(uuid.uuid4())
+        rid = new_request_id()
         stream = HttpStream(send, receive, rid)
         try:
             served = await self._serve(scope, receive, rid, *target, stream)
@@ -66,8 +123,10 @@ class Gateway:
                        *((k.encode(), v.encode()) for k, v in error_headers(exc).items())]
             body = error_body(exc.code, exc.message, exc.details or None)
         headers.append((b"x-squall-request-id", rid.encode()))
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        if status >= 200 and status not in (204, 304) and not _has_length(headers):
+            # a length instead of chunked transfer encoding: the whole body is here already
+            headers.append((b"content-length", str(len(body)).encode()))
+        await _send_whole(send, status, headers, body)
 
     async def _serve(self, scope: Scope, receive: Receive, rid: str, tenant: str, rest: str,
                      stream: HttpStream) -> tuple[int, list[tuple[bytes, bytes]], bytes] | None:
@@ -137,8 +196,16 @@ class Gateway:
         return True
 
     async def _body(self, receive: Receive, scope: Scope) -> bytes:
-        declared = next((v.decode("latin-1") for k, v in scope["headers"]
-                         if k == b"content-length"), "")
+        declared = ""
+        chunked = False
+        for k, v in scope["headers"]:
+            if k == b"content-length":
+                declared = v.decode("latin-1")
+                break
+            if k == b"transfer-encoding":
+                chunked = True
+        if not declared and not chunked:
+            return b""  # neither header: the request has no body (RFC 9112, 6.3)
         return await read_limited(receive_chunks(receive), self.platform.settings.max_sync_payload,
                                   declared=declared, expects_continue=expects_continue(
                                       scope["headers"]), what=" for synchronous invocations")

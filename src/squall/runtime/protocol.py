@@ -68,5 +68,33 @@ def recv_frame(sock: socket.socket) -> dict[str, Any]:
     return decode(_recv_exact(sock, length))
 
 
+class FrameReader:
+    """Blocking reads of frames from one socket, usually one ``recv`` per frame (``recv_frame``
+    makes two): what arrives beyond a frame is kept for the next one."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self._buf = bytearray()
+
+    def next(self) -> dict[str, Any]:
+        """The next frame; EOFError when the peer has closed."""
+        buf = self._buf
+        need = HEADER.size
+        while True:
+            if len(buf) >= HEADER.size:
+                (length,) = HEADER.unpack_from(buf, 0)
+                if length > MAX_FRAME:
+                    raise ProtocolError(f"frame of {length} bytes exceeds {MAX_FRAME}")
+                need = HEADER.size + length
+                if len(buf) >= need:
+                    body = bytes(buf[HEADER.size:need])
+                    del buf[:need]
+                    return decode(body)
+            chunk = self.sock.recv(max(65536, need - len(buf)))
+            if not chunk:
+                raise EOFError("peer closed the channel")
+            buf += chunk
+
+
 def send_frame(sock: socket.socket, msg: dict[str, Any]) -> None:
     sock.sendall(encode(msg))

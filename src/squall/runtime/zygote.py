@@ -30,7 +30,7 @@ from typing import Any
 from squall.runtime import harden
 from squall.runtime.adapters import AsgiApp, call_wsgi, preload
 from squall.runtime.context import Channel, Context, LogWriter, current_request, trace_env
-from squall.runtime.protocol import ProtocolError, recv_frame, send_frame
+from squall.runtime.protocol import FrameReader, ProtocolError, send_frame
 from squall.runtime.stream import Stream, apump, is_async, is_streamed, pump
 
 CONTROL_FD = 3
@@ -135,9 +135,10 @@ class Instance:
             }})
 
     def serve_sync(self) -> None:
+        frames = FrameReader(self.channel.sock)
         while True:
             try:
-                msg = recv_frame(self.channel.sock)
+                msg = frames.next()
             except (EOFError, ProtocolError, OSError):
                 return
             if msg["t"] != "inv":
@@ -184,9 +185,10 @@ class Instance:
             task.add_done_callback(tasks.discard)
 
         def reader() -> None:
+            frames = FrameReader(self.channel.sock)
             while True:
                 try:
-                    msg = recv_frame(self.channel.sock)
+                    msg = frames.next()
                 except (EOFError, ProtocolError, OSError):
                     loop.call_soon_threadsafe(done.set)
                     return
