@@ -25,6 +25,7 @@ import aiomqtt
 import asyncpg
 import httpx
 import nats
+import queue_bench
 import redis.asyncio as aioredis
 from platform_proc import Platform
 from util import WRK_HINT, free_port, run_steps, stop, summary, wait_for
@@ -481,7 +482,9 @@ def run(quick: bool, log: Log) -> dict[str, Any]:
         out["post_baseline"] = {"error": f"{type(exc).__name__}: {exc}"}
     with tempfile.TemporaryDirectory(prefix="squall-bench-events-") as tmp, Platform() as p:
         steps: list[tuple[str, Callable[[], dict[str, Any]]]] = [
-            ("async_throughput", lambda: async_throughput(p, quick, Path(tmp)))]
+            ("async_throughput", lambda: async_throughput(p, quick, Path(tmp))),
+            # the same load with NATS JetStream carrying the queue (--queue nats://)
+            ("async_throughput_nats", lambda: queue_bench.async_throughput(quick, Path(tmp)))]
         for kind in KINDS:
             def one(kind: str = kind) -> dict[str, Any]:
                 why = reachable(kind)
@@ -498,11 +501,13 @@ def notes(ev: dict[str, Any]) -> list[str]:
     """What the table cannot say: skipped connectors, rejected submissions, the drain."""
     out = [f"events.{k}: skipped ({v['skipped']})" for k, v in ev.items()
            if isinstance(v, dict) and "skipped" in v]
-    tp = ev.get("async_throughput") or {}
-    if "drained_s" in tp:
-        out.append(f"async invoke: {tp['accepted']} accepted in {tp['seconds']:.1f} s "
-                   f"({tp['non_2xx']} non-2xx, socket errors: {tp['socket_errors'] or 'none'}), "
-                   f"queue drained {tp['drained_s']:.1f} s after the load started; "
-                   f"{tp['succeeded_listed']} listed as succeeded (wrk does not count the "
-                   f"requests still in flight when it stops)")
+    for key, what in (("async_throughput", "async invoke"),
+                      ("async_throughput_nats", "async invoke, --queue nats://")):
+        tp = ev.get(key) or {}
+        if "drained_s" in tp:
+            out.append(f"{what}: {tp['accepted']} accepted in {tp['seconds']:.1f} s "
+                       f"({tp['non_2xx']} non-2xx, socket errors: "
+                       f"{tp['socket_errors'] or 'none'}), queue drained {tp['drained_s']:.1f} s"
+                       f" after the load started; {tp['succeeded_listed']} listed as succeeded"
+                       " (wrk does not count the requests still in flight when it stops)")
     return out

@@ -29,6 +29,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from croniter import croniter
 
 from squall.errors import BadRequest
+from squall.events.queues import EventRef
 from squall.store import queue
 
 if TYPE_CHECKING:
@@ -220,7 +221,7 @@ class Scheduler:
         # schedule only moves forward, in the same transaction as the event).
         if not await svc.db.run(lambda c: queue.fire_schedule(c, tid, tick, event)):
             return
-        svc.wake.set()
+        await svc.queue.publish([EventRef(rid, t["namespace"])])
         svc.triggers.set_status(tid, "running")
         svc.triggers.note(tid)
         svc.logs.append(fn, rid, f"[squall] schedule {t['name']} fired (tick"

@@ -1,8 +1,11 @@
 """EventService: accepts async events durably and owns the worker, scheduler and trigger manager.
 
-``submit`` writes the event in one SQLite transaction before it returns, so a 202 means the event
-survives a kill -9 (see store/db.py on WAL durability). Delivery is at least once; every attempt
-of an event uses the event id as the invocation's request id, so a handler can deduplicate on
+``submit`` writes the event in one transaction before it returns, so a 202 means the event
+survives a kill -9 (see store/db.py on WAL durability); with a NATS JetStream carrier
+(``--queue nats://``) the 202 also waits for JetStream's acknowledgement of the event's message,
+and a carrier that cannot take it fails the submit with 503 ``queue_unavailable`` after the row
+is withdrawn (squall.events.queues). Delivery is at least once; every attempt of an event uses
+the event id as the invocation's request id, so a handler can deduplicate on
 ``context.aws_request_id``.
 """
 
@@ -20,6 +23,7 @@ from typing import Any, Protocol
 from squall.bundle.spec import FunctionConfig
 from squall.config import Settings
 from squall.errors import FunctionNotFound, InvalidJSON, NotFound, PayloadTooLarge
+from squall.events.queues import EventQueue, EventRef, QueueUnavailable, open_queue
 from squall.invoker.api import Invoker
 from squall.observability import Observability
 from squall.observability.tracing import current_traceparent
@@ -83,10 +87,13 @@ class EventService:
         self.registry = registry
         self.logs = logs
         self.clock = clock
-        self.wake = asyncio.Event()  # set by submit: the worker looks for due events at once
+        # set when event rows were written: the carrier looks for them at once (the object
+        # store sets it after a write that fired storage triggers)
+        self.wake = asyncio.Event()
         # tenant quotas and secrets (squall.tenancy.service.Identity), set by the server
         self.identity: Any = None
         self.obs = Observability()  # metrics and tracing, replaced by the server's
+        self.queue: EventQueue = open_queue(settings, self)  # raises InvalidQueue
         self.worker = Worker(self)
         self.scheduler = Scheduler(self)
         self.triggers = TriggerManager(self)
@@ -95,14 +102,16 @@ class EventService:
     def workers(self) -> int:
         return int(getattr(self.settings, "async_workers", ASYNC_WORKERS_DEFAULT))
 
+    async def open(self) -> None:
+        """Connect the carrier before the first submit. Raises QueueUnavailable."""
+        await self.queue.open()
+
+    async def close(self) -> None:
+        await self.queue.close()
+
     async def run(self) -> None:
         """Recover leases of the previous process, then run worker, scheduler and triggers."""
-        # A shared store: the running events may be other gateways' live work; those of a
-        # gateway that died are claimed again when their lease runs out.
-        requeued = 0 if self.db.shared else await self.db.run(
-            lambda c: queue.recover(c, now=self.clock()))
-        if requeued:
-            log.info("requeued %d async events interrupted by the previous shutdown", requeued)
+        await self.queue.recover()
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self.worker.run(), name="events-worker")
             tg.create_task(self.scheduler.run(), name="events-scheduler")
@@ -220,8 +229,19 @@ class EventService:
             c, id=rid, function=function, namespace=namespace, trigger=trigger, payload=payload,
             now=now, source=source, idempotency_key=idempotency_key, traceparent=tp))
         if out[1]:
-            self.wake.set()
+            await self._publish(EventRef(rid, namespace))
         return out
+
+    async def _publish(self, ref: EventRef) -> None:
+        """Accepted = committed and taken by the carrier. A carrier that refuses it: withdraw
+        the row (nothing half-written) and fail with 503; if a delivery claimed it meanwhile
+        (the publish landed after all, only its answer was lost), it stays accepted."""
+        try:
+            await self.queue.publish([ref], strict=True)
+        except QueueUnavailable:
+            if await self.db.run(lambda c: queue.withdraw(c, ref.id)):
+                raise
+            log.info("event %s: the carrier's answer was lost but it was delivered", ref.id)
 
     # --- reads -------------------------------------------------------------------------------
 
@@ -268,7 +288,10 @@ class EventService:
         now = self.clock()
         row = await self.db.run(lambda c: queue.redrive(c, dlq_id, new_id=new_id, now=now))
         assert row is not None  # it existed a moment ago; dead letters are never deleted
-        self.wake.set()
+        if row["redrive_request_id"] == new_id:  # not redriven before
+            # not strict: the redrive is committed; a carrier that is down gets it from its
+            # reconciliation (squall.events.jetstream)
+            await self.queue.publish([EventRef(new_id, row["namespace"])])
         self.logs.append(row["function"], row["request_id"],
                          f"[events] dead letter {dlq_id} redriven as {row['redrive_request_id']}",
                          namespace)

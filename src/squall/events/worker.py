@@ -1,9 +1,11 @@
-"""The delivery loop of the durable queue: claim due events, invoke, record the outcome.
+"""The deliveries of the durable queue: invoke a claimed event, record the outcome, retry or
+dead-letter it, send its destinations.
 
-One dispatcher claims up to ``workers`` events at a time (settings.async_workers, default 8) and
-runs each delivery as a task it owns; the invoker's per-function max_instances still bounds real
-concurrency. The dispatcher sleeps until the next event is due, or until ``submit`` or a finished
-delivery sets ``service.wake``, so a new event starts without a polling delay.
+The carrier (``squall.events.queues``: the store's table, or NATS JetStream) claims up to
+``workers`` events at a time (settings.async_workers, default 8) and hands each to ``start``,
+which runs it as a task of the carrier's TaskGroup; the invoker's per-function max_instances
+still bounds real concurrency. Every outcome is written to the store first, then the lease is
+told (``done`` or ``again``), so a crash in between only repeats what the row already says.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ import random
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from squall.errors import FunctionNotFound, SquallError, TooManyRequests
+from squall.errors import FunctionNotFound, InstanceLost, SquallError, TooManyRequests
 from squall.events import delivery
+from squall.events.queues import EventRef, Lease
 from squall.events.retry import RetryPolicy, after_failure, expired
 from squall.observability import tracing
 from squall.store import queue
@@ -27,7 +30,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("squall.events.worker")
 
-IDLE_WAIT_S = 5.0  # upper bound on a sleep, in case the wall clock jumps
 PRUNE_EVERY_S = 3600.0
 RETENTION_DEFAULT_S = 7 * 86400.0
 
@@ -56,92 +58,87 @@ class Worker:
         return float(getattr(self.svc.settings, "async_lease_s", default))
 
     async def run(self) -> None:
-        async with asyncio.TaskGroup() as tg:
-            while True:
-                await self.step(tg)
+        await self.svc.queue.run(self)
 
-    async def step(self, tg: asyncio.TaskGroup) -> None:
-        """Claim what is due and free slots allow, then wait for a reason to look again."""
-        svc = self.svc
-        svc.wake.clear()  # before the claim: a submit from now on wakes the wait below
-        now = svc.clock()
-        free = svc.workers - len(self.inflight)
-        rows = await svc.db.run(lambda c: queue.claim(c, now=now, limit=free, lease_s=self.lease_s))
-        for row in rows:
-            self.inflight.add(row["id"])
-            task = tg.create_task(self._guarded(row), name=f"deliver-{row['id']}")
-            task.add_done_callback(functools.partial(self._done, row["id"]))
-        await self._maybe_prune(now)
-        if free <= 0 or len(rows) == free:
-            timeout: float | None = None  # all slots busy: a finishing delivery wakes us
-        else:
-            due = await svc.db.run(queue.next_due_at)
-            timeout = IDLE_WAIT_S if due is None else min(IDLE_WAIT_S, max(0.0, due - now))
-        if timeout == 0.0:
-            return
-        try:
-            await asyncio.wait_for(svc.wake.wait(), timeout)
-        except TimeoutError:
-            pass
+    def free(self) -> int:
+        return self.svc.workers - len(self.inflight)
+
+    def start(self, tg: asyncio.TaskGroup, lease: Lease) -> None:
+        rid = lease.row["id"]
+        self.inflight.add(rid)
+        task = tg.create_task(self._guarded(lease), name=f"deliver-{rid}")
+        task.add_done_callback(functools.partial(self._done, rid))
 
     def _done(self, request_id: str, _task: object = None) -> None:
         self.inflight.discard(request_id)
-        self.svc.wake.set()
+        self.svc.queue.freed()
 
-    async def _maybe_prune(self, now: float) -> None:
+    async def housekeeping(self, now: float) -> None:
         if now - self._last_prune < PRUNE_EVERY_S:
             return
         self._last_prune = now
         keep = float(getattr(self.svc.settings, "async_retention_s", RETENTION_DEFAULT_S))
         await self.svc.db.run(lambda c: queue.prune(c, before=now - keep))
 
-    async def _guarded(self, row: dict[str, Any]) -> None:
-        # A bug here must not take the worker's TaskGroup down with every other delivery; the
+    async def _guarded(self, lease: Lease) -> None:
+        # A bug here must not take the carrier's TaskGroup down with every other delivery; the
         # event keeps its lease and is claimed again when it runs out (or after a restart).
         try:
-            await self.deliver(row)
+            await self.deliver(lease)
         except Exception:
-            log.exception("delivery of async event %s failed unexpectedly", row["id"])
+            log.exception("delivery of async event %s failed unexpectedly", lease.row["id"])
 
-    async def deliver(self, row: dict[str, Any]) -> None:
+    async def deliver(self, lease: Lease) -> None:
         """One attempt of one claimed event, and the bookkeeping of its outcome."""
         svc = self.svc
+        row = lease.row
         fn, ns, rid = row["function"], row["namespace"], row["id"]
         rec = svc.registry.get(fn, ns)
         if rec is None:
             # A failed attempt, not an instant dead letter: at startup the registry may still be
             # loading, and a function may be redeployed right after `rm`.
             err = error_dict(FunctionNotFound(f"function {fn!r} does not exist (removed?)"))
-            await self._failed(row, err, RetryPolicy())
+            await self._failed(lease, err, RetryPolicy())
             return
         policy = RetryPolicy.from_config(rec.config.async_)
         if expired(policy, created_at=row["created_at"], now=svc.clock()):
             err = {"errorType": "EventExpired", "stackTrace": [],
                    "errorMessage": f"older than max_event_age_s={policy.max_event_age_s:g}"}
-            await self._dead_letter(row, err, "event_expired", policy)
+            await self._dead_letter(lease, err, "event_expired", policy)
             return
         try:
             with tracing.delivery(svc.obs.tracing, row.get("traceparent"),
                                   due_at=row["next_attempt_at"], attempt=row["attempts"]):
-                outcome = await svc.invoker.invoke(fn, json.loads(row["payload"]),
-                                                   trigger=row["trigger"], request_id=rid,
-                                                   namespace=ns)
-        except TooManyRequests as e:
-            # Throttled is not a failure of the code: wait and try again without using a retry.
-            svc.obs.metrics.async_outcome(ns, fn, "throttled")
-            wait = max(1.0, float(e.retry_after_s)) * (0.5 + random.random())
+                async with lease.hold():
+                    outcome = await svc.invoker.invoke(fn, json.loads(row["payload"]),
+                                                       trigger=row["trigger"], request_id=rid,
+                                                       namespace=ns)
+        except (TooManyRequests, InstanceLost) as e:
+            # Throttled, or the cluster node running it went away: not a failure of the code;
+            # wait and try again without using a retry.
+            throttled = isinstance(e, TooManyRequests)
+            svc.obs.metrics.async_outcome(ns, fn, "throttled" if throttled else "node_lost")
+            after = e.retry_after_s if isinstance(e, TooManyRequests) else 1
+            wait = max(1.0, float(after)) * (0.5 + random.random())
             now = svc.clock()
             await svc.db.run(lambda c: queue.release(c, rid, now=now, next_attempt_at=now + wait))
+            await lease.again(now + wait)
             return
         except SquallError as e:  # function removed meanwhile, sandbox could not start, ...
-            await self._failed(row, error_dict(e), policy)
+            await self._failed(lease, error_dict(e), policy)
             return
         if outcome.error is None:
-            await self._succeeded(row, outcome.value, policy)
+            await self._succeeded(lease, outcome.value, policy)
         else:
-            await self._failed(row, outcome.error, policy)
+            await self._failed(lease, outcome.error, policy)
 
-    async def _succeeded(self, row: dict[str, Any], value: Any, policy: RetryPolicy) -> None:
+    async def _follow_up(self, follow: dict[str, Any] | None) -> None:
+        """A function destination was written with the outcome: hand it to the carrier."""
+        if follow is not None:
+            await self.svc.queue.publish([EventRef(follow["id"], follow["namespace"])])
+
+    async def _succeeded(self, lease: Lease, value: Any, policy: RetryPolicy) -> None:
+        row = lease.row
         record = delivery.destination_record(row, "succeeded", result=value)
         follow = delivery.function_destination(policy.on_success, record, now=self.svc.clock(),
                                                namespace=row["namespace"])
@@ -150,30 +147,32 @@ class Worker:
         now = self.svc.clock()
         await self.svc.db.run(lambda c: queue.succeed(c, row["id"], now=now, result=value,
                                                       follow_up=follow))
-        if follow is not None:
-            self.svc.wake.set()
+        await self._follow_up(follow)
+        await lease.done()
         await delivery.post_destination(self.svc, row, policy.on_success, record)
 
-    async def _failed(self, row: dict[str, Any], error: dict[str, Any],
-                      policy: RetryPolicy) -> None:
+    async def _failed(self, lease: Lease, error: dict[str, Any], policy: RetryPolicy) -> None:
         svc = self.svc
+        row = lease.row
         now = svc.clock()
         decision = after_failure(policy, attempt=row["attempts"], created_at=row["created_at"],
                                  now=now, rand=random.random())
         if decision.retry_at is None:
-            await self._dead_letter(row, error, decision.reason, policy)
+            await self._dead_letter(lease, error, decision.reason, policy)
             return
         at = decision.retry_at
         svc.obs.metrics.async_outcome(row["namespace"], row["function"], "retried")
         await svc.db.run(lambda c: queue.retry_later(c, row["id"], now=now, error=error,
                                                      next_attempt_at=at))
+        await lease.again(at)
         svc.logs.append(row["function"], row["id"],
                         f"[squall] async attempt {row['attempts']}/{policy.max_attempts} failed"
                         f" ({_describe(error)}); retrying in {at - now:.1f}s", row["namespace"])
 
-    async def _dead_letter(self, row: dict[str, Any], error: dict[str, Any], reason: str,
+    async def _dead_letter(self, lease: Lease, error: dict[str, Any], reason: str,
                            policy: RetryPolicy) -> None:
         svc = self.svc
+        row = lease.row
         record = delivery.destination_record(row, "dead_lettered", error=error)
         follow = delivery.function_destination(policy.on_failure, record, now=svc.clock(),
                                                namespace=row["namespace"])
@@ -183,8 +182,8 @@ class Worker:
         now = svc.clock()
         await svc.db.run(lambda c: queue.dead_letter(c, row, dlq_id=dlq_id, now=now, error=error,
                                                      follow_up=follow))
-        if follow is not None:
-            svc.wake.set()
+        await self._follow_up(follow)
+        await lease.done()
         svc.logs.append(row["function"], row["id"],
                         f"[squall] async event dead-lettered as {dlq_id} after"
                         f" {row['attempts']} attempt(s) ({reason}): {_describe(error)}",

@@ -10,13 +10,16 @@ Event lifecycle (column ``status``)::
                         |--error, none left / expired / function gone--> dead_lettered
 
 A claim sets a lease (``lease_until``); a running event whose lease ran out is claimable again, and
-``recover`` requeues every running event at startup: the process that held it is gone.
+``recover`` requeues every running event at startup: the process that held it is gone. With a
+NATS JetStream carrier (squall.events.jetstream) the same lease is taken per delivered message
+(``claim_ids``) instead of by ``claim``; the row stays the record either way.
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Sequence
 from typing import Any
 
 from squall.store.db import Migration, is_postgres, transaction
@@ -159,6 +162,75 @@ def claim(conn: sqlite3.Connection, *, now: float, limit: int,
     return [dict(r) for r in rows]
 
 
+def claim_ids(conn: sqlite3.Connection, ids: Sequence[str], *, now: float,
+              lease_s: float) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
+    """Lease the events a carrier delivered (``squall.events.jetstream``), each if it is due
+    (queued/failed whose time has come, or running whose lease ran out); bump their attempt
+    count. Returns (claimed rows, {id: status, next_attempt_at, lease_until} of the others).
+    An id with no row is in neither. On PostgreSQL two gateways claiming the same id: the
+    second waits for the first's row lock, re-checks, and finds it running."""
+    if not ids:
+        return [], {}
+    marks = ",".join("?" * len(ids))
+    with transaction(conn, isolation="read committed"):
+        rows = conn.execute(
+            f"UPDATE events SET status='running', attempts=attempts+1, lease_until=?,"
+            f" started_at=?, updated_at=? WHERE id IN ({marks})"
+            f" AND ((status IN ('queued','failed') AND next_attempt_at<=?)"
+            f"   OR (status='running' AND lease_until<=?)) RETURNING {_EVENT_COLS}",
+            (now + lease_s, now, now, *ids, now, now)).fetchall()
+        claimed = [dict(r) for r in rows]
+        taken = {r["id"] for r in claimed}
+        rest = [i for i in ids if i not in taken]
+        others: dict[str, dict[str, Any]] = {}
+        if rest:
+            for r in conn.execute(
+                    "SELECT id, status, next_attempt_at, lease_until FROM events"
+                    f" WHERE id IN ({','.join('?' * len(rest))})", rest).fetchall():
+                others[r["id"]] = dict(r)
+    return claimed, others
+
+
+def extend_lease(conn: sqlite3.Connection, id: str, *, until: float) -> None:
+    """A long attempt is still running here: move its lease on (no-op once it finished)."""
+    conn.execute("UPDATE events SET lease_until=? WHERE id=? AND status='running'", (until, id))
+
+
+def withdraw(conn: sqlite3.Connection, id: str) -> bool:
+    """Delete an event that was never delivered (its carrier refused it: the submit fails).
+    False when it is gone or was claimed meanwhile, so it must be kept."""
+    cur = conn.execute("DELETE FROM events WHERE id=? AND status='queued' AND attempts=0", (id,))
+    return cur.rowcount > 0
+
+
+def undelivered(conn: sqlite3.Connection, *, since: float | None = None,
+                until: float | None = None, due_before: float | None = None,
+                limit: int = 1000) -> list[dict[str, Any]]:
+    """Events never claimed (queued, no attempt yet) created in [since, until) and due before
+    ``due_before``, oldest first: (id, namespace), what a carrier needs to publish them again."""
+    where, args = ["status='queued' AND attempts=0"], []
+    for cond, val in (("created_at>=?", since), ("created_at<?", until),
+                      ("next_attempt_at<?", due_before)):
+        if val is not None:
+            where.append(cond)
+            args.append(val)
+    rows = conn.execute(f"SELECT id, namespace FROM events WHERE {' AND '.join(where)}"
+                        " ORDER BY created_at LIMIT ?", (*args, limit)).fetchall()
+    return [dict(r) for r in rows]
+
+
+def overdue(conn: sqlite3.Connection, *, before: float,
+            limit: int = 1000) -> list[dict[str, Any]]:
+    """Unfinished events that became claimable before ``before`` and are still not running
+    under a live lease: (id, namespace, attempts), oldest due first."""
+    rows = conn.execute(
+        "SELECT id, namespace, attempts FROM events"
+        " WHERE (status IN ('queued','failed') AND next_attempt_at<?)"
+        "    OR (status='running' AND lease_until<?)"
+        " ORDER BY next_attempt_at LIMIT ?", (before, before, limit)).fetchall()
+    return [dict(r) for r in rows]
+
+
 def next_due_at(conn: sqlite3.Connection) -> float | None:
     """The earliest time an event becomes claimable, or None when nothing is waiting."""
     r = conn.execute(
@@ -189,6 +261,12 @@ def recover(conn: sqlite3.Connection, *, now: float) -> int:
             f"UPDATE events SET status='queued', attempts={_UNCHARGE}, lease_until=NULL,"
             " next_attempt_at=?, updated_at=? WHERE status='running'", (now, now))
     return cur.rowcount
+
+
+def running(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+    """(id, namespace, attempts) of every running event (at startup, before ``recover``)."""
+    rows = conn.execute("SELECT id, namespace, attempts FROM events WHERE status='running'")
+    return [dict(r) for r in rows.fetchall()]
 
 
 def release(conn: sqlite3.Connection, id: str, *, now: float, next_attempt_at: float) -> None:

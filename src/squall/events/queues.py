@@ -1,0 +1,215 @@
+"""The queue seam: what carries a committed event row to a delivery, and back.
+
+On every backend the store's ``events`` row is the record of an event: its status, attempts,
+result, errors, dead letters, the invocations API and the queue-depth quotas all read it. A
+carrier (``EventQueue``) only decides *when* which gateway looks at which row:
+
+- ``TableQueue`` (default, ``settings.queue = ""``): the table is its own carrier. A dispatcher
+  claims due rows with a lease (``queue.claim``; ``FOR UPDATE SKIP LOCKED`` on a shared
+  PostgreSQL store) and sleeps until the next one is due or ``service.wake`` is set.
+- ``JetStreamQueue`` (``nats://HOST:PORT``, ``squall.events.jetstream``): one message per
+  event on a NATS JetStream stream, pulled by one durable consumer that every gateway shares.
+
+The worker holds a ``Lease`` per delivery: it writes the outcome to the store first, then says
+``done`` (final) or ``again(at)`` (a retry or a throttled attempt, due at ``at``). A delivery
+that says neither (a bug, a crash) is delivered again when its lease runs out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+
+from squall.errors import InvalidConfig, ServiceUnavailable
+from squall.store import queue
+
+if TYPE_CHECKING:
+    from squall.events.service import EventService
+
+log = logging.getLogger("squall.events")
+
+IDLE_WAIT_S = 5.0  # upper bound on a sleep, in case the wall clock jumps
+
+
+class QueueUnavailable(ServiceUnavailable):
+    """The carrier could not take the event (NATS unreachable, no stream): 503, retry later."""
+
+    code = "queue_unavailable"
+
+
+class InvalidQueue(InvalidConfig):
+    code = "invalid_queue"
+
+
+class EventRef(NamedTuple):
+    """A committed event row a carrier must deliver."""
+
+    id: str
+    namespace: str
+
+
+class Lease(Protocol):
+    """One claimed event on its way through the worker. Calling ``done`` or ``again`` more than
+    once, or after the carrier closed, is harmless (the store's row decides anyway)."""
+
+    @property
+    def row(self) -> dict[str, Any]: ...
+
+    def hold(self) -> AbstractAsyncContextManager[None]:
+        """Around the attempt: keeps the lease alive however long the invocation takes."""
+        ...
+
+    async def done(self) -> None:
+        """The outcome is committed and final (succeeded, dead-lettered): forget the event."""
+        ...
+
+    async def again(self, at: float) -> None:
+        """The outcome is committed and the event is due again at ``at`` (retry, throttled)."""
+        ...
+
+
+class Dispatch(Protocol):
+    """What a carrier drives: the worker (``squall.events.worker.Worker``)."""
+
+    @property
+    def lease_s(self) -> float: ...
+
+    def free(self) -> int:
+        """Deliveries that may start now."""
+        ...
+
+    def start(self, tg: asyncio.TaskGroup, lease: Lease) -> None:
+        """Run one delivery as a task of ``tg``; the carrier's ``freed`` is called after it."""
+        ...
+
+    async def housekeeping(self, now: float) -> None:
+        """Called on every pass of the dispatcher (pruning old events, at most hourly)."""
+        ...
+
+
+class EventQueue(Protocol):
+    """A carrier. ``open`` before the first ``publish``; ``run`` is one task until cancelled."""
+
+    async def open(self) -> None:
+        """Connect. Raises QueueUnavailable: ``squall up`` stops with that error."""
+        ...
+
+    async def close(self) -> None: ...
+
+    async def recover(self) -> None:
+        """At startup, before ``run``: take back what this data dir's previous process left
+        running (not on a shared store, where running rows may be another gateway's work)."""
+        ...
+
+    async def run(self, worker: Dispatch) -> None:
+        """Deliver due events through ``worker`` until cancelled."""
+        ...
+
+    async def publish(self, events: Sequence[EventRef], *, strict: bool = False) -> None:
+        """These rows were just committed: make them deliverable. ``strict`` (a client's
+        submit, answered 202 only after this returns) raises QueueUnavailable when the carrier
+        did not confirm; otherwise a failure is logged and the carrier's reconciliation
+        delivers them later."""
+        ...
+
+    def freed(self) -> None:
+        """A delivery finished: a slot is free."""
+        ...
+
+
+def open_queue(settings: Any, service: EventService) -> EventQueue:
+    """The carrier ``settings.queue`` names: "" the store's table, ``nats://`` JetStream.
+    Raises InvalidQueue for anything else (not connected yet: ``open`` does that)."""
+    url = str(getattr(settings, "queue", "") or "")
+    if not url:
+        return TableQueue(service)
+    if url.startswith(("nats://", "tls://")):
+        from squall.events.jetstream import JetStreamQueue
+
+        return JetStreamQueue(url, service)
+    scheme = url.split("://", 1)[0] if "://" in url else url[:20]
+    raise InvalidQueue(f"unknown --queue {scheme!r}: use nats://HOST:PORT (NATS JetStream) or"
+                       " leave it empty for the store's own table")
+
+
+# --- the default: the store's table ----------------------------------------------------------
+
+@dataclass
+class TableLease:
+    """The table's lease lives in the row (``lease_until``): nothing to tell a carrier."""
+
+    row: dict[str, Any]
+
+    def hold(self) -> AbstractAsyncContextManager[None]:
+        return contextlib.nullcontext()
+
+    async def done(self) -> None:
+        pass
+
+    async def again(self, at: float) -> None:
+        pass
+
+
+class TableQueue:
+    """The store's events table, claimed with a lease. One dispatcher claims up to the worker's
+    free slots at a time and sleeps until the next event is due, or until ``service.wake`` is
+    set (a submit, a finished delivery), so a new event starts without a polling delay."""
+
+    def __init__(self, service: EventService) -> None:
+        self.svc = service
+
+    async def open(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+    async def recover(self) -> None:
+        svc = self.svc
+        # A shared store: the running events may be other gateways' live work; those of a
+        # gateway that died are claimed again when their lease runs out.
+        requeued = 0 if svc.db.shared else await svc.db.run(
+            lambda c: queue.recover(c, now=svc.clock()))
+        if requeued:
+            log.info("requeued %d async events interrupted by the previous shutdown", requeued)
+
+    async def run(self, worker: Dispatch) -> None:
+        async with asyncio.TaskGroup() as tg:
+            while True:
+                await self.step(worker, tg)
+
+    async def step(self, worker: Dispatch, tg: asyncio.TaskGroup) -> None:
+        """Claim what is due and free slots allow, then wait for a reason to look again."""
+        svc = self.svc
+        svc.wake.clear()  # before the claim: a submit from now on wakes the wait below
+        now = svc.clock()
+        free = worker.free()
+        rows = await svc.db.run(functools.partial(queue.claim, now=now, limit=free,
+                                                  lease_s=worker.lease_s))
+        for row in rows:
+            worker.start(tg, TableLease(row))
+        await worker.housekeeping(now)
+        if free <= 0 or len(rows) == free:
+            timeout: float | None = None  # all slots busy: a finishing delivery wakes us
+        else:
+            due = await svc.db.run(queue.next_due_at)
+            timeout = IDLE_WAIT_S if due is None else min(IDLE_WAIT_S, max(0.0, due - now))
+        if timeout == 0.0:
+            return
+        try:
+            await asyncio.wait_for(svc.wake.wait(), timeout)
+        except TimeoutError:
+            pass
+
+    async def publish(self, events: Sequence[EventRef], *, strict: bool = False) -> None:
+        if events:
+            self.svc.wake.set()
+
+    def freed(self) -> None:
+        self.svc.wake.set()
