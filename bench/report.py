@@ -112,7 +112,37 @@ def build_rows(r: dict[str, Any]) -> list[Row]:
                              f"{label}", bw, pr, "ms",
                              baseline_what="SQUALL_SANDBOX=process"))
     return (rows + _event_rows(r.get("events") or {}) + _tenancy_rows(r.get("tenancy") or {})
-            + _s3_rows(r.get("s3") or {}) + _runtime_rows(r.get("runtimes") or {}))
+            + _s3_rows(r.get("s3") or {}) + _runtime_rows(r.get("runtimes") or {})
+            + _cluster_rows(r.get("cluster") or {}))
+
+
+def _cluster_rows(c: dict[str, Any]) -> list[Row]:
+    """One machine vs --cluster with 1 and 3 Ray nodes on it; failover (bench/cluster_bench.py)."""
+    rows: list[Row] = []
+    local = c.get("local") or {}
+    for key, label in (("nodes_1", "1 Ray node"), ("nodes_3", "3 Ray nodes on this machine")):
+        got = c.get(key) or {}
+        if "c1" not in got:
+            continue
+        rows.append(_row(f"cluster, {label}: warm hello c=1 p50", got["c1"]["p50"],
+                         _get(local, "c1", "p50"), "ms", baseline_what="one machine, no cluster"))
+        rows.append(_row(f"cluster, {label}: hello c=32 (p99 {_fmt(got.get('c32_p99_ms'))} ms)",
+                         got.get("c32_rps"), local.get("c32_rps"), "req/s",
+                         baseline_what="one machine, no cluster"))
+    f = c.get("failover") or {}
+    if "async_lost" in f:
+        rows.append(_row(f"cluster failover: async events lost of {f['async_accepted']} "
+                         f"accepted (a worker node killed under load)", f["async_lost"], None,
+                         "n", "0", f["async_lost"] == 0))
+        errors = sum(f["sync_errors"].values())
+        rows.append(_row(f"cluster failover: sync errors of {f['sync_requests']} requests "
+                         f"({f['sync_errors'] or 'none'}), all 502 instance_lost", errors, None,
+                         "n", "only in-flight", set(f["sync_errors"]) <= {502, "502"}))
+        rows.append(_row("cluster failover: kill -> every request succeeds again",
+                         f["recovered_after_s"], None, "s"))
+        rows.append(_row("cluster: a new Ray node -> its agent serving", f["node_join_s"], None,
+                         "s"))
+    return rows
 
 
 def _s3_rows(s3: dict[str, Any]) -> list[Row]:
@@ -174,6 +204,13 @@ def _event_rows(ev: dict[str, Any]) -> list[Row]:
                  "events/s", baseline_what=post),
             _row("async invoke: completed, load start to queue drained (max_instances 4)",
                  tp["completed_per_s"], base, "events/s", baseline_what=post)]
+    js = ev.get("async_throughput_nats") or {}
+    if "accepted_per_s" in js:  # the same load, NATS JetStream carrying the queue
+        rows += [
+            _row("async invoke, --queue nats://: accepted", js["accepted_per_s"],
+                 tp.get("accepted_per_s"), "events/s", baseline_what="the store's table"),
+            _row("async invoke, --queue nats://: completed", js["completed_per_s"],
+                 tp.get("completed_per_s"), "events/s", baseline_what="the store's table")]
     for kind in ("redis", "nats", "amqp", "mqtt", "postgres"):
         lat = ev.get(f"latency_{kind}") or {}
         for p in ("p50", "p99"):

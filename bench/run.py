@@ -27,6 +27,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import baselines  # noqa: E402
+import cluster_bench  # noqa: E402
 import events_bench  # noqa: E402
 import report  # noqa: E402
 import runtimes_bench  # noqa: E402
@@ -163,6 +164,11 @@ def main(argv: list[str] | None = None) -> int:
             r["s3"] = s3_bench.run(args.quick, log)
         except Exception as exc:
             r["s3"] = {"error": f"{type(exc).__name__}: {exc}"}
+        log("cluster: one machine vs --cluster on 1 and 3 Ray nodes, failover ...")
+        try:
+            r["cluster"] = cluster_bench.run(args.quick)
+        except Exception as exc:
+            r["cluster"] = {"error": f"{type(exc).__name__}: {exc}"}
     if args.peers:
         log("peers: ../shared/peers/run_all.sh " + " ".join(PEERS) + " (about 6 minutes) ...")
         r["peers"] = run_peers()

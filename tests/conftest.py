@@ -206,3 +206,13 @@ def require_service(host: str, port: int, name: str) -> None:
         if os.environ.get("SQUALL_REQUIRE_SERVICES") == "1":
             pytest.fail(f"{name} at {host}:{port} is required but unreachable: {exc}")
         pytest.skip(f"{name} at {host}:{port} is not reachable: {exc}")
+
+
+def require_ray() -> None:
+    """Skip without Ray (`pip install 'squall[cluster]'`), unless SQUALL_REQUIRE_SERVICES=1."""
+    try:
+        import ray  # noqa: F401
+    except ImportError as exc:
+        if os.environ.get("SQUALL_REQUIRE_SERVICES") == "1":
+            pytest.fail(f"Ray is required for the cluster tests: {exc}")
+        pytest.skip("Ray is not installed: pip install 'squall[cluster]'")

@@ -169,3 +169,58 @@ def test_up_refuses_an_unreachable_store(tmp_path: Path) -> None:
     assert out.returncode == 1
     assert "[store_unavailable]" in out.stderr and "app:***@" in out.stderr
     assert "hunter2" not in out.stderr + out.stdout
+
+
+def test_a_connector_consumes_once_across_gateways(gateways: Pair,
+                                                   make_fn: Callable[..., Path]) -> None:
+    # MQTT delivers a topic's message to every subscriber: with both gateways consuming, each
+    # message would run twice (and their shared session id would kick each other off). The
+    # trigger's lease lets one gateway consume; the other stands by.
+    import asyncio
+    import json
+    import uuid
+
+    import aiomqtt
+
+    require_service("127.0.0.1", 1883, "Mosquitto")
+    a, b = gateways
+    topic = f"squall-once/{uuid.uuid4().hex[:8]}"
+    a.deploy(make_fn("once", "def handler(event, context):\n    return len(event)\n", f"""
+        [[triggers]]
+        type = "mqtt"
+        url = "mqtt://127.0.0.1:1883"
+        topic = "{topic}/#"
+    """))
+    wait_for(lambda: _knows(b, "once"), message="b to learn of once")
+
+    def states() -> list[str]:
+        return sorted(str(p.http.get("/api/v1/functions/once/triggers").json()["triggers"][0]
+                          .get("status", {}).get("state")) for p in (a, b))
+
+    wait_for(lambda: "standby" in states() and states() != ["standby", "standby"],
+             timeout=30, message="one gateway consuming, the other standing by")
+
+    async def publish(count: int) -> None:
+        async with aiomqtt.Client("127.0.0.1", 1883) as pub:
+            for n in range(count):
+                await pub.publish(f"{topic}/x", json.dumps({"n": n}), qos=1)
+
+    asyncio.run(publish(20))
+    wait_for(functools.partial(_usage_is, a, "once", 20), timeout=30,
+             message="20 invocations for 20 messages")
+    import time
+
+    time.sleep(2)  # a second consumer's copies would arrive by now
+    assert _usage_is(a, "once", 20), a.http.get("/api/v1/usage").json()
+    # the consuming gateway stops: the other takes the trigger over (its lease is released)
+    def state(p: PlatformProc) -> str:
+        return str(p.http.get("/api/v1/functions/once/triggers").json()["triggers"][0]
+                   .get("status", {}).get("state"))
+
+    leader, other = (a, b) if state(a) != "standby" else (b, a)
+    leader.stop()
+    wait_for(lambda: state(other) not in ("standby", "connecting"), timeout=30,
+             message="the other gateway to take the trigger over")
+    asyncio.run(publish(5))
+    wait_for(functools.partial(_usage_is, other, "once", 25), timeout=30,
+             message="the 5 later messages through the other gateway")

@@ -21,7 +21,17 @@ from squall.bundle import archive
 from squall.bundle.shared import BundleCache, publish
 from squall.errors import ServiceUnavailable
 from squall.routing import Alias
-from squall.store import aliases, bundles, functions, invocations, logs, objects, queue, tenants
+from squall.store import (
+    aliases,
+    bundles,
+    functions,
+    invocations,
+    leases,
+    logs,
+    objects,
+    queue,
+    tenants,
+)
 from squall.store.db import Database, _all_migrations, open_database
 from squall.store.pg import PG_MIGRATIONS, PgDatabase, pg_ddl, translate
 from tests.conftest import require_service
@@ -217,6 +227,22 @@ def test_bundles_by_hash(db: Database) -> None:
         assert bundles.get(c, "s1") == b"\x1f\x8bdata" and bundles.has(c, "s1")
         assert bundles.get(c, "s2") is None
         assert bundles.delete_unused(c) == 1
+
+    db.run_sync(run)
+
+
+def test_leases_have_one_holder_until_they_expire(db: Database) -> None:
+    def run(c: sqlite3.Connection) -> None:
+        assert leases.acquire(c, "trigger/t1", "g1", now=100.0, ttl_s=15.0)
+        assert not leases.acquire(c, "trigger/t1", "g2", now=110.0, ttl_s=15.0)  # held
+        assert leases.acquire(c, "trigger/t1", "g1", now=112.0, ttl_s=15.0)  # renewed
+        assert not leases.acquire(c, "trigger/t1", "g2", now=126.0, ttl_s=15.0)
+        assert leases.acquire(c, "trigger/t1", "g2", now=128.0, ttl_s=15.0)  # expired: taken
+        assert not leases.acquire(c, "trigger/t1", "g1", now=129.0, ttl_s=15.0)
+        leases.release(c, "trigger/t1", "g1")  # not the holder: nothing happens
+        assert not leases.acquire(c, "trigger/t1", "g1", now=130.0, ttl_s=15.0)
+        leases.release(c, "trigger/t1", "g2")
+        assert leases.acquire(c, "trigger/t1", "g1", now=131.0, ttl_s=15.0)
 
     db.run_sync(run)
 

@@ -47,6 +47,10 @@ class Settings:
     async_workers: int = 8
     async_lease_s: float = 960.0
     async_retention_s: float = 7 * 86400.0
+    # what carries async events to the workers: "" is the store's own events table;
+    # nats://HOST:PORT[?prefix=NAME] is a NATS JetStream stream that gateways share
+    # (squall.events.jetstream); the events table stays the record either way
+    queue: str = field(default="", repr=False)  # a URL may hold a password
     # invocation records (history, usage and the bills made from them) older than this are
     # pruned in the background: 400 days keeps every month of the last year billable
     invocation_retention_days: float = 400.0
@@ -59,6 +63,10 @@ class Settings:
     log_format: str = "text"
     # secrets at rest: base64 of 32 bytes; empty: <data-dir>/master-key (created 0600)
     master_key: str = field(default="", repr=False)
+    # a Ray cluster whose nodes run the instances ("" : this machine; "auto", "HOST:PORT" of
+    # the Ray head, or "ray://HOST:PORT"); agent_dir: each node agent's own folder
+    cluster: str = ""
+    agent_dir: str = ""
     # HTTPS: both set, the server speaks TLS itself
     tls_cert: str = ""
     tls_key: str = ""

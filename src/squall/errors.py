@@ -114,6 +114,13 @@ class ServiceUnavailable(SquallError):
     status = 503
 
 
+class InstanceLost(SquallError):
+    """The node running a request went away before it answered (cluster): safe to retry."""
+
+    code = "instance_lost"
+    status = 502
+
+
 class SandboxError(SquallError):
     """An instance or zygote could not be started or died unexpectedly."""
 

@@ -33,6 +33,7 @@ class Platform:
     events: Any = None  # squall.events.service.EventService, when the events package is wired
     obs: Observability | None = None  # metrics and tracing (squall.observability)
     identity: Identity | None = None  # tenants, keys, secrets, quotas (squall.tenancy)
+    cluster: Any = None  # squall.cluster.membership.RayMembership with --cluster
 
 
 def platform_of(app_state: Any) -> Platform:

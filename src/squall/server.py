@@ -101,12 +101,14 @@ def build(settings: Settings) -> tuple[Platform, Any]:
     agent = Agent(settings, backend)
     recorder = Recorder(db)
     logs = LogSink(db, settings.log_entries_per_function)
-    invoker = LocalInvoker(settings, registry, agent, recorder, logs)
+    invoker = _invoker(settings)(settings, registry, agent, recorder, logs)
     deployer = Deployer(settings, registry, agent)
     platform = Platform(settings=settings, db=db, registry=registry, agent=agent,
                         invoker=invoker, deployer=deployer, recorder=recorder, logs=logs,
                         sandbox_backend=backend.name, sandbox_warnings=warnings)
     identity = _wire_identity(platform)
+    if settings.cluster:
+        _wire_cluster(platform, identity)
     endpoints = [*api_functions.ENDPOINTS, *api_tenancy.ENDPOINTS, *api_aliases.ENDPOINTS]
     try:
         from squall.api import events as api_events
@@ -116,6 +118,10 @@ def build(settings: Settings) -> tuple[Platform, Any]:
     else:
         platform.events = EventService(settings, db, invoker, registry, logs)
         platform.events.identity = identity
+        if db.shared:  # connector triggers run on one gateway at a time (a lease each)
+            from squall.events.leases import Leases
+
+            platform.events.leases = Leases(db)
         endpoints.extend(api_events.ENDPOINTS)
     observability.attach(platform)
     endpoints.extend(api_observability.ENDPOINTS)
@@ -128,6 +134,33 @@ def build(settings: Settings) -> tuple[Platform, Any]:
     app.state.platform = platform
     return platform, observability.edge(platform, LambdaGateway(Gateway(app, platform),
                                                                 platform))
+
+
+def _invoker(settings: Settings) -> type[LocalInvoker]:
+    if not settings.cluster:
+        return LocalInvoker
+    from squall.cluster.invoker import ClusterInvoker
+
+    return ClusterInvoker
+
+
+def _wire_cluster(platform: Platform, identity: Identity) -> None:
+    """--cluster: instances run on the Ray cluster's node agents (squall.cluster); this
+    process keeps a local agent only for the deploy-time import check."""
+    from squall.cluster.invoker import ClusterInvoker
+    from squall.cluster.links import NodeTable
+    from squall.cluster.membership import RayMembership
+    from squall.cluster.wire import channel_key
+
+    if not platform.settings.master_key:
+        raise ServiceUnavailable(
+            "--cluster needs SQUALL_MASTER_KEY (base64 of 32 bytes) in the environment of "
+            "every gateway and of `ray start` on every node: the node agents open secrets and "
+            "authenticate gateways with it", code="cluster_needs_master_key")
+    nodes = NodeTable()
+    assert isinstance(platform.invoker, ClusterInvoker)
+    platform.invoker.attach(nodes, identity.sealer)
+    platform.cluster = RayMembership(platform.settings, channel_key(identity.sealer.key), nodes)
 
 
 def _wire_identity(platform: Platform) -> Identity:
@@ -214,7 +247,11 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
                             timeout_graceful_shutdown=int(
                                 settings.shutdown_grace_s), backlog=4096)
     server = _Server(config)
+    if platform.cluster is not None:  # blocking, once: join Ray as a driver
+        platform.cluster.connect()
     try:
+        if platform.events is not None:  # the queue's carrier (--queue): connect before serving
+            await platform.events.open()
         async with asyncio.TaskGroup() as tg:
             background = [tg.create_task(platform.recorder.run()),
                           tg.create_task(platform.logs.run()),
@@ -224,6 +261,8 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
             background.append(tg.create_task(platform.identity.run()))
             if platform.events is not None:  # after the registry is loaded
                 background.append(tg.create_task(platform.events.run()))
+            if platform.cluster is not None:  # one node agent per Ray node, links to each
+                background.append(tg.create_task(platform.cluster.run()))
             if platform.db.shared:  # follow what other gateways change in the store
                 background.append(tg.create_task(sync.run(platform)))
             background.append(tg.create_task(observability.run(platform)))
@@ -245,7 +284,11 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
             for task in background:
                 task.cancel()
     finally:
+        if platform.events is not None:
+            await platform.events.close()
         observability.close(platform)
+        if platform.cluster is not None:
+            platform.cluster.close()
         close = getattr(platform.agent.backend, "close", None)
         if close is not None:
             with contextlib.suppress(Exception):

@@ -39,6 +39,7 @@ async def refresh(platform: Platform, tables: frozenset[str]) -> None:
         platform.invoker.aliases.reload()
     if "triggers" in tables and platform.events is not None:
         platform.events.scheduler.changed.set()  # it reads the schedules again
+        await platform.events.triggers.reconcile()  # connectors: started here, under a lease
 
 
 async def _functions(platform: Platform) -> None:

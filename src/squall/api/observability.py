@@ -2,6 +2,7 @@
 
 - GET /metrics                                      text exposition (scope ``metrics``; ``read``
                                                     implies it); a tenant's key sees its tenant
+- GET /api/v1/cluster/nodes                          node agents of --cluster (scope ``admin``)
 - GET /api/v1/functions/{name}/invocations/history  ?status=failed|timeout,...&since=1h&limit=50
                                                     &before=<cursor>  (scope ``read``)
 """
@@ -51,7 +52,17 @@ async def invocation_history(request: Request, call: Call) -> Response:
     return JSONResponse({"name": name, "invocations": rows, "next": nxt})
 
 
+async def cluster_nodes(request: Request, call: Call) -> Response:
+    """The node agents this gateway reaches (--cluster), with what each last reported."""
+    p = platform(request)
+    snapshot = getattr(p.invoker, "snapshot", None)
+    nodes = snapshot() if p.cluster is not None and snapshot is not None else []
+    return JSONResponse({"cluster": p.settings.cluster or None, "nodes": nodes})
+
+
 ENDPOINTS = [
+    Endpoint("GET", "/api/v1/cluster/nodes", cluster_nodes, Scope.ADMIN,
+             "The cluster's node agents as this gateway sees them", tenant_scoped=False),
     Endpoint("GET", "/metrics", metrics, Scope.METRICS, "Prometheus metrics",
              response_types=(CONTENT_TYPE_LATEST,)),
     Endpoint("GET", "/api/v1/functions/{name}/invocations/history", invocation_history,

@@ -67,16 +67,25 @@ class BundleCache:
                 await ensure_env(content, self.envs_dir, lambda _line: None)
 
     def _unpack(self, data: bytes, target: Path, sha256: str) -> None:
-        staging = self.bundles_dir / f".fetch-{uuid.uuid4().hex[:12]}"
+        install(data, self.bundles_dir, sha256, max_bytes=self.max_bytes,
+                max_files=self.max_files)
+
+
+def install(data: bytes, bundles_dir: Path, sha256: str, *, max_bytes: int,
+            max_files: int) -> None:
+    """Unpack a packed bundle as ``bundles_dir/<sha256>`` once its tree hashes to ``sha256``
+    (ServiceUnavailable ``bundle_unavailable`` otherwise); atomic, and safe to race."""
+    target = bundles_dir / sha256
+    staging = bundles_dir / f".fetch-{uuid.uuid4().hex[:12]}"
+    try:
+        archive.unpack(data, staging, max_bytes=max_bytes, max_files=max_files)
+        if archive.tree_hash(staging) != sha256:
+            raise ServiceUnavailable(f"bundle {sha256[:12]} does not match its hash",
+                                     code="bundle_unavailable")
         try:
-            archive.unpack(data, staging, max_bytes=self.max_bytes, max_files=self.max_files)
-            if archive.tree_hash(staging) != sha256:
-                raise ServiceUnavailable(f"bundle {sha256[:12]} in the store does not match its"
-                                         " hash", code="bundle_unavailable")
-            try:
-                os.rename(staging, target)
-            except OSError:
-                if not target.is_dir():  # not "another task put it there first"
-                    raise
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+            os.rename(staging, target)
+        except OSError:
+            if not target.is_dir():  # not "another task put it there first"
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

@@ -54,10 +54,18 @@ def cli(ctx: click.Context, url: str | None, api_key: str | None, data_dir: str 
 @click.option("--store", default=None, metavar="URL",
               help="The store: postgresql://user@host/db, shared by every gateway that names "
                    "it (env SQUALL_STORE; default: SQLite in the data dir).")
+@click.option("--cluster", default=None, metavar="ADDRESS",
+              help="Run instances on a Ray cluster's nodes: auto, HOST:PORT of the Ray head, "
+                   "or ray://HOST:PORT (pip install 'squall[cluster]'; env SQUALL_CLUSTER).")
+@click.option("--queue", default=None, metavar="URL",
+              help="What carries async events: nats://HOST:PORT[?prefix=NAME] is a NATS "
+                   "JetStream stream shared by every gateway (env SQUALL_QUEUE; default: the "
+                   "store's own table).")
 @click.pass_context
 def up(ctx: click.Context, host: str | None, port: int | None, data_dir: Path | None,
        sandbox: str | None, tls_cert: str | None, tls_key: str | None,
-       s3_port: int | None, store: str | None) -> None:
+       s3_port: int | None, store: str | None, cluster: str | None,
+       queue: str | None) -> None:
     """Start the platform in the foreground (Ctrl-C or SIGTERM stops it gracefully)."""
     from squall.config import Settings
     from squall.server import run
@@ -67,7 +75,8 @@ def up(ctx: click.Context, host: str | None, port: int | None, data_dir: Path | 
     root = ctx.find_root().obj or {}
     data_dir = data_dir or (Path(root["data_dir"]) if root.get("data_dir") else None)
     run(Settings.from_env(host=host, port=port, data_dir=data_dir, sandbox=sandbox,
-                          tls_cert=tls_cert, tls_key=tls_key, s3_port=s3_port, store=store))
+                          tls_cert=tls_cert, tls_key=tls_key, s3_port=s3_port, store=store,
+                          cluster=cluster, queue=queue))
 
 
 @cli.command()

@@ -104,4 +104,23 @@ def top(ctx: click.Context, interval: float, once: bool) -> None:
             return
 
 
-COMMANDS: list[click.Command] = [invocations, top]
+@click.command("nodes")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def nodes(ctx: click.Context, as_json: bool) -> None:
+    """The cluster's node agents as this gateway sees them (squall up --cluster; admin key)."""
+    data = Client.from_ctx(ctx).request("GET", "/api/v1/cluster/nodes")
+    if not data["cluster"] and not as_json:
+        click.echo("not a cluster: this platform runs its instances itself (squall up "
+                   "--cluster to use a Ray cluster)")
+        return
+    rows = [{"node": n["node"][:12], "address": n["address"],
+             "state": "up" if n["alive"] else "lost", "cpus": n["cpus"],
+             "memory_gb": round(n["memory_bytes"] / 2**30, 1),
+             "instances": sum(v["instances"] for v in n["versions"].values()),
+             "in_flight": n["in_flight"]} for n in data["nodes"]]
+    output(data, as_json,
+           ["node", "address", "state", "cpus", "memory_gb", "instances", "in_flight"], rows)
+
+
+COMMANDS: list[click.Command] = [invocations, top, nodes]

@@ -137,6 +137,7 @@ class TriggerManager:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._tg: asyncio.TaskGroup | None = None
         self._lock = asyncio.Lock()  # serialises create/update/delete (name checks, sync)
+        self._seen: dict[str, float] = {}  # trigger id -> updated_at, for reconcile
         service.registry.add_listener(self._on_registry)
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -173,6 +174,20 @@ class TriggerManager:
         self._tasks[t["id"]] = self._tg.create_task(self._supervise(*found),
                                                     name=f"trigger-{t['id']}")
 
+    async def reconcile(self) -> None:
+        """Follow triggers another gateway of a shared store created, changed or removed: run a
+        consumer for each connector trigger (under its lease), stop the ones that are gone."""
+        rows = {t["id"]: t for t in await self.svc.db.run(queue.list_triggers)}
+        for tid, t in rows.items():
+            seen = self._seen.get(tid)
+            if seen is not None and seen != t["updated_at"] and tid in self._tasks:
+                self._stop(t)  # its config changed: start over with the new one
+            self._seen[tid] = t["updated_at"]
+            self._start(t)
+        for tid in [tid for tid in self._tasks if tid not in rows]:
+            self._stop({"id": tid, "type": ""})
+            self._seen.pop(tid, None)
+
     def _stop(self, t: dict[str, Any]) -> None:
         task = self._tasks.pop(t["id"], None)
         if task is not None:
@@ -182,6 +197,17 @@ class TriggerManager:
             self.svc.scheduler.changed.set()
 
     async def _supervise(self, spec: TriggerSpec, deliver: Deliver) -> None:
+        """Run the trigger's consumer, restarting it when it fails; with gateways sharing a
+        store, only on the gateway that holds the trigger's lease (squall.events.leases)."""
+        held = getattr(self.svc, "leases", None)
+        if held is None:
+            await self._consume(spec, deliver)
+            return
+        await held.run_held(f"trigger/{spec.id}", lambda: self._consume(spec, deliver),
+                            lambda: self.set_status(spec.id, "standby",
+                                                    "another gateway of this store runs it"))
+
+    async def _consume(self, spec: TriggerSpec, deliver: Deliver) -> None:
         from squall.events.connectors import CONNECTORS
 
         failures = 0

@@ -105,7 +105,7 @@ class Metrics:
                                   "(memory in GB x billed seconds).", list(FN), registry=r)
         self.async_deliveries = Counter(
             "squall_async_deliveries", "Async queue deliveries by outcome (succeeded, retried, "
-            "dead_lettered, throttled).", [*FN, "outcome"], registry=r)
+            "dead_lettered, throttled, node_lost).", [*FN, "outcome"], registry=r)
         self.dead_letters = Counter("squall_dead_letters", "Events moved to the dead letters.",
                                     [*FN, "source"], registry=r)
         self.connector_errors = Counter("squall_connector_errors", "Broker sessions that failed.",

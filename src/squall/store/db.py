@@ -40,6 +40,7 @@ def _all_migrations() -> list[Migration]:
         captures,
         functions,
         invocations,
+        leases,
         logs,
         objects,
         queue,
@@ -48,7 +49,7 @@ def _all_migrations() -> list[Migration]:
 
     return [*functions.SCHEMA, *invocations.SCHEMA, *logs.SCHEMA, *queue.SCHEMA,
             *tenants.SCHEMA, *aliases.SCHEMA, *objects.SCHEMA, *captures.SCHEMA,
-            *bundles.SCHEMA]
+            *bundles.SCHEMA, *leases.SCHEMA]
 
 
 def is_postgres(conn: sqlite3.Connection) -> bool:

@@ -28,6 +28,7 @@ class Sealer:
     def __init__(self, key: bytes) -> None:
         if len(key) != 32:
             raise MasterKeyError("the master key must be 32 bytes (base64 of 32 random bytes)")
+        self.key = key  # the cluster channel derives its own key from it (squall.cluster)
         self._aead = AESGCM(key)
 
     def seal(self, plaintext: bytes, aad: str) -> bytes:

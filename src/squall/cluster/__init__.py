@@ -1,0 +1,1 @@
+"""Squall on a cluster: node agents placed by Ray, reached by gateways over a direct channel."""
