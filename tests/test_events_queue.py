@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 
 from squall.events.retry import RetryPolicy, after_failure, backoff_s, expired
 from squall.store import queue
-from squall.store.db import Database
+from squall.store.db import Database, GroupCommit
 
 
 def put(conn: sqlite3.Connection, id: str, now: float = 100.0, key: str | None = None,
@@ -107,6 +108,45 @@ def test_idempotency_release_prune(db: Database) -> None:
         assert [e["id"] for e in queue.list_events(c, function="f")] == ["d"]
 
     db.run_sync(run)
+
+
+def _item(id: str, key: str | None = None) -> dict[str, Any]:
+    return {"id": id, "function": "f", "namespace": "default", "trigger": "async",
+            "payload": "{}", "now": 100.0, "source": None, "idempotency_key": key,
+            "traceparent": None}
+
+
+def test_group_commit_writes_concurrent_enqueues_together_and_isolates_a_bad_one(
+        db: Database) -> None:
+    batches: list[int] = []
+
+    def many(c: sqlite3.Connection, items: list[dict[str, Any]]) -> list[tuple[str, bool]]:
+        batches.append(len(items))
+        return queue.enqueue_many(c, items)
+
+    writes = GroupCommit(db, many, lambda c, item: queue.enqueue(c, **item))
+
+    async def burst(ids: list[str], keys: dict[str, str]) -> list[Any]:
+        return await asyncio.gather(*(writes(_item(i, keys.get(i))) for i in ids),
+                                    return_exceptions=True)
+
+    # Writes that arrive before the db thread is free go together, and a key used twice within
+    # one batch gives the second the first one's id.
+    out = asyncio.run(burst([f"a{i}" for i in range(20)], {"a3": "k", "a7": "k"}))
+    assert batches == [20]
+    assert out[3] == ("a3", True) and out[7] == ("a3", False)
+    assert all(out[i] == (f"a{i}", True) for i in range(20) if i != 7)
+
+    # A batch with one bad item (an id already taken) fails that item's caller only: the batch
+    # is rolled back and each item written alone.
+    batches.clear()
+    out = asyncio.run(burst(["b0", "b1", "a5", "b2"], {}))
+    assert isinstance(out[2], Exception) and not isinstance(out[2], asyncio.CancelledError)
+    assert [out[0], out[1], out[3]] == [("b0", True), ("b1", True), ("b2", True)]
+    assert batches == [4]
+    ids = sorted(e["id"] for e in db.run_sync(lambda c: queue.list_events(c, function="f",
+                                                                          limit=100)))
+    assert ids == sorted([f"a{i}" for i in range(20) if i != 7] + ["b0", "b1", "b2"])
 
 
 def test_survives_reopen(tmp_path: Path) -> None:

@@ -44,7 +44,7 @@ class Settings:
     zygote_memory_budget_mb: int = 2048
     # async invocation: concurrent deliveries, lease before a claimed event is redelivered,
     # how long finished events (and their idempotency keys) are kept
-    async_workers: int = 8
+    async_workers: int = 64
     async_lease_s: float = 960.0
     async_retention_s: float = 7 * 86400.0
     # what carries async events to the workers: "" is the store's own events table;

@@ -27,7 +27,12 @@ def ray_cluster(nodes: int = 3, cpus_per_node: int = 1) -> Iterator[tuple[Any, s
         cluster.wait_for_nodes()
         yield cluster, key
     finally:
-        cluster.shutdown()  # type: ignore[no-untyped-call]
+        # Not gracefully: a node's processes may wait many seconds on SIGTERM (the CI run saw
+        # 30 s after a node had been killed and replaced), and nothing here needs a clean exit;
+        # the agents' instances die with them (PDEATHSIG).
+        for node in [*cluster.worker_nodes, *([cluster.head_node] if cluster.head_node else [])]:
+            cluster.remove_node(node, allow_graceful=False)
+        cluster.shutdown()  # type: ignore[no-untyped-call]  # resets Ray's module state
         if saved is None:
             os.environ.pop("SQUALL_MASTER_KEY", None)
         else:

@@ -2,7 +2,7 @@
 dead-letter it, send its destinations.
 
 The carrier (``squall.events.queues``: the store's table, or NATS JetStream) claims up to
-``workers`` events at a time (settings.async_workers, default 8) and hands each to ``start``,
+``workers`` events at a time (settings.async_workers, default 64) and hands each to ``start``,
 which runs it as a task of the carrier's TaskGroup; the invoker's per-function max_instances
 still bounds real concurrency. Every outcome is written to the store first, then the lease is
 told (``done`` or ``again``), so a crash in between only repeats what the row already says.
@@ -24,6 +24,7 @@ from squall.events.queues import EventRef, Lease
 from squall.events.retry import RetryPolicy, after_failure, expired
 from squall.observability import tracing
 from squall.store import queue
+from squall.store.db import GroupCommit
 
 if TYPE_CHECKING:
     from squall.events.service import EventService
@@ -48,6 +49,9 @@ class Worker:
         self.svc = service
         self.inflight: set[str] = set()
         self._last_prune = 0.0
+        # outcomes of deliveries that finish together share one transaction (a group commit)
+        self._successes: GroupCommit[dict[str, Any], None] = GroupCommit(
+            service.db, queue.succeed_many, lambda c, item: queue.succeed(c, **item))
 
     @property
     def lease_s(self) -> float:
@@ -145,8 +149,8 @@ class Worker:
         tracing.carry(follow, row)
         self.svc.obs.metrics.async_outcome(row["namespace"], row["function"], "succeeded")
         now = self.svc.clock()
-        await self.svc.db.run(lambda c: queue.succeed(c, row["id"], now=now, result=value,
-                                                      follow_up=follow))
+        await self._successes({"id": row["id"], "now": now, "result": value,
+                               "follow_up": follow})
         await self._follow_up(follow)
         await lease.done()
         await delivery.post_destination(self.svc, row, policy.on_success, record)

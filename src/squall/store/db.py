@@ -22,7 +22,7 @@ import threading
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Literal, TypeVar, cast
+from typing import Any, Generic, Literal, TypeVar, cast
 
 T = TypeVar("T")
 
@@ -172,3 +172,62 @@ class transaction:
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         self.conn.execute("ROLLBACK" if exc_type is not None else "COMMIT")
+
+
+Item = TypeVar("Item")
+A = TypeVar("A")
+
+
+def _bind(fn: Callable[[sqlite3.Connection, A], T], arg: A) -> Callable[[sqlite3.Connection], T]:
+    return lambda conn: fn(conn, arg)
+
+
+class GroupCommit(Generic[Item, T]):
+    """Writes that arrive while one is on the db thread go together in the next one: one thread
+    hop and one transaction for the lot (a group commit). ``many(conn, items)`` writes them all
+    in one transaction and returns one result per item; when it raises, each item is written
+    again alone with ``one(conn, item)`` so that one bad item fails only its own caller. A
+    lone write goes at once: batches form only under load, and never wait for one to fill."""
+
+    def __init__(self, db: Database, many: Callable[[sqlite3.Connection, list[Item]], list[T]],
+                 one: Callable[[sqlite3.Connection, Item], T]) -> None:
+        self._db = db
+        self._many = many
+        self._one = one
+        self._pending: list[tuple[Item, asyncio.Future[T]]] = []
+        self._draining: asyncio.Task[None] | None = None
+
+    async def __call__(self, item: Item) -> T:
+        fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._pending.append((item, fut))
+        if self._draining is None:
+            self._draining = asyncio.get_running_loop().create_task(self._drain())
+        return await fut
+
+    async def _drain(self) -> None:
+        batch: list[tuple[Item, asyncio.Future[T]]] = []
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                items = [item for item, _ in batch]
+                try:
+                    results = await self._db.run(_bind(self._many, items))
+                except Exception:  # one item may be at fault: each alone, with its own outcome
+                    for item, fut in batch:
+                        try:
+                            result = await self._db.run(_bind(self._one, item))
+                        except Exception as exc:
+                            if not fut.done():
+                                fut.set_exception(exc)
+                        else:
+                            if not fut.done():
+                                fut.set_result(result)
+                    continue
+                for (_, fut), result in zip(batch, results, strict=True):
+                    if not fut.done():
+                        fut.set_result(result)
+        finally:
+            self._draining = None
+            for _, fut in [*batch, *self._pending]:  # cancelled (shutdown): nobody waits forever
+                if not fut.done():
+                    fut.cancel()

@@ -84,6 +84,14 @@ CREATE TABLE schedule_state (
     # W3C traceparent of the request that submitted the event: every attempt and destination
     # continues that trace (squall.observability.tracing).
     ("queue-0002-traceparent", "ALTER TABLE events ADD COLUMN traceparent TEXT"),
+    # What ``claim`` and ``next_due_at`` walk, in order, without a sort; and the events API's
+    # listing of one function's events, newest first.
+    ("queue-0003-claim-indexes", """
+CREATE INDEX events_ready ON events (next_attempt_at, created_at, id)
+    WHERE status IN ('queued','failed');
+CREATE INDEX events_leased ON events (lease_until, created_at, id) WHERE status='running';
+CREATE INDEX events_function ON events (function, created_at)
+"""),
 ]
 
 FINAL = ("succeeded", "dead_lettered")
@@ -131,13 +139,29 @@ def enqueue(conn: sqlite3.Connection, *, id: str, function: str, namespace: str,
     """Insert a queued event in one transaction. With a key already used for this function,
     return (first id, False) and insert nothing."""
     with transaction(conn):
-        if idempotency_key is not None:
-            first = find_idempotent(conn, namespace, function, idempotency_key)
-            if first is not None:
-                return first, False
-        _insert_event(conn, id=id, function=function, namespace=namespace, trigger=trigger,
-                      payload=payload, now=now, source=source, idempotency_key=idempotency_key,
-                      traceparent=traceparent)
+        return _enqueue(conn, id=id, function=function, namespace=namespace, trigger=trigger,
+                        payload=payload, now=now, source=source,
+                        idempotency_key=idempotency_key, traceparent=traceparent)
+
+
+def enqueue_many(conn: sqlite3.Connection,
+                 items: Sequence[dict[str, Any]]) -> list[tuple[str, bool]]:
+    """``enqueue`` of each item (its keyword arguments), all in one transaction: a key used twice
+    in the batch is found by the second, as if they had come one after the other."""
+    with transaction(conn):
+        return [_enqueue(conn, **item) for item in items]
+
+
+def _enqueue(conn: sqlite3.Connection, *, id: str, function: str, namespace: str, trigger: str,
+             payload: str, now: float, source: str | None, idempotency_key: str | None,
+             traceparent: str | None) -> tuple[str, bool]:
+    if idempotency_key is not None:
+        first = find_idempotent(conn, namespace, function, idempotency_key)
+        if first is not None:
+            return first, False
+    _insert_event(conn, id=id, function=function, namespace=namespace, trigger=trigger,
+                  payload=payload, now=now, source=source, idempotency_key=idempotency_key,
+                  traceparent=traceparent)
     return id, True
 
 
@@ -150,15 +174,26 @@ def claim(conn: sqlite3.Connection, *, now: float, limit: int,
     # PostgreSQL, where gateways claim concurrently: each locks the rows it takes and skips the
     # rows another holds, in a read-committed transaction (a second claimer re-checks a row
     # another just took and finds it running). SQLite has one writer: nothing to skip.
-    skip = " FOR UPDATE SKIP LOCKED" if is_postgres(conn) else ""
+    pg = is_postgres(conn)
+    skip = " FOR UPDATE SKIP LOCKED" if pg else ""
+    take = ("UPDATE events SET status='running', attempts=attempts+1, lease_until=?,"
+            " started_at=?, updated_at=? WHERE id IN (SELECT id FROM events {} WHERE {} LIMIT ?"
+            f"{skip}) RETURNING {_EVENT_COLS}")
+    # Two walks of two partial indexes (queue-0003), each in order and stopping at ``limit``:
+    # one query with an OR sorted every due row first, milliseconds with a backlog of 10,000.
+    # SQLite is told the index: without statistics its planner prefers events_due and a sort.
+    # Leases that ran out first (their events are the oldest), then what is due.
     with transaction(conn, isolation="read committed"):
-        rows = conn.execute(
-            f"UPDATE events SET status='running', attempts=attempts+1, lease_until=?,"
-            f" started_at=?, updated_at=? WHERE id IN (SELECT id FROM events"
-            f" WHERE (status IN ('queued','failed') AND next_attempt_at<=?)"
-            f"    OR (status='running' AND lease_until<=?)"
-            f" ORDER BY next_attempt_at, created_at, id LIMIT ?{skip}) RETURNING {_EVENT_COLS}",
-            (now + lease_s, now, now, now, now, limit)).fetchall()
+        rows = conn.execute(take.format(
+            "" if pg else "INDEXED BY events_leased",
+            "status='running' AND lease_until<=? ORDER BY lease_until, created_at, id"),
+            (now + lease_s, now, now, now, limit)).fetchall()
+        if len(rows) < limit:
+            rows += conn.execute(take.format(
+                "" if pg else "INDEXED BY events_ready",
+                "status IN ('queued','failed') AND next_attempt_at<=?"
+                " ORDER BY next_attempt_at, created_at, id"),
+                (now + lease_s, now, now, now, limit - len(rows))).fetchall()
     return [dict(r) for r in rows]
 
 
@@ -282,10 +317,23 @@ def succeed(conn: sqlite3.Connection, id: str, *, now: float, result: Any,
     """Mark succeeded; ``follow_up`` (enqueue kwargs) is a function destination, written in the
     same transaction so it is as durable as the outcome."""
     with transaction(conn):
-        conn.execute("UPDATE events SET status='succeeded', result=?, error=NULL, lease_until=NULL,"
-                     " finished_at=?, updated_at=? WHERE id=?", (_dumps(result), now, now, id))
-        if follow_up is not None:
-            _insert_event(conn, **follow_up)
+        _succeed(conn, id, now=now, result=result, follow_up=follow_up)
+
+
+def succeed_many(conn: sqlite3.Connection, items: Sequence[dict[str, Any]]) -> list[None]:
+    """``succeed`` of each item (its keyword arguments), all in one transaction."""
+    with transaction(conn):
+        for item in items:
+            _succeed(conn, **item)
+    return [None] * len(items)
+
+
+def _succeed(conn: sqlite3.Connection, id: str, *, now: float, result: Any,
+             follow_up: dict[str, Any] | None) -> None:
+    conn.execute("UPDATE events SET status='succeeded', result=?, error=NULL, lease_until=NULL,"
+                 " finished_at=?, updated_at=? WHERE id=?", (_dumps(result), now, now, id))
+    if follow_up is not None:
+        _insert_event(conn, **follow_up)
 
 
 def retry_later(conn: sqlite3.Connection, id: str, *, now: float, error: dict[str, Any],
