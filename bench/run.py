@@ -20,6 +20,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +106,12 @@ def run_peers() -> dict[str, Any]:
     script = PEERS_DIR / "run_all.sh"
     if not script.exists():
         return {"error": f"{script} is missing"}
+    # The steps before (the cluster's Ray processes winding down) can leave the CPUs busy: on
+    # 2026-12-03 the harness started at load 1.95 and every peer came out slower than the day
+    # before. Let the machine settle first (at most two minutes).
+    deadline = time.monotonic() + 120
+    while os.getloadavg()[0] > 0.6 and time.monotonic() < deadline:
+        time.sleep(5)
     env = {**os.environ, "RESULTS_DIR": str(out_dir), "SQUALL_SRC": str(HERE.parent)}
     proc = subprocess.run(["bash", str(script), *PEERS], cwd=HERE.parent, env=env,
                           capture_output=True, text=True, timeout=3600)
