@@ -25,7 +25,8 @@ def squall_argv() -> list[str]:
 class Platform:
     """One `squall up` on a free loopback port with its own temporary data dir."""
 
-    def __init__(self, sandbox: str | None = None) -> None:
+    def __init__(self, sandbox: str | None = None, env: dict[str, str] | None = None) -> None:
+        self.extra_env = dict(env or {})
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.sandbox = sandbox
@@ -40,6 +41,7 @@ class Platform:
         if self.sandbox is not None:
             env["SQUALL_SANDBOX"] = self.sandbox
         env.setdefault("SQUALL_S3_PORT", "0")
+        env.update(self.extra_env)
         if self.admin_key:
             env["SQUALL_API_KEY"] = self.admin_key
         return env

@@ -54,6 +54,11 @@ def build_rows(r: dict[str, Any]) -> list[Row]:
         _row("cold start hello, no pause (back to back), p50",
              _get(s, "cold_hello_nopause", "p50"), None, "ms"),
         _row("cold start hello, no pause, p99", _get(s, "cold_hello_nopause", "p99"), None, "ms"),
+        _row(f"cold start hello after {idle:g} s idle with no spare (SQUALL_SPARES=0: forked on "
+             f"the request's path), p50", _get(s, "cold_hello_fork", "p50"), fork, "ms",
+             baseline_what="bare fork"),
+        _row("cold start hello with no spare, p99", _get(s, "cold_hello_fork", "p99"),
+             _get(b, "fork", "p99"), "ms", baseline_what="bare fork"),
     ]
     heavy = r.get("heavy_import")
     np50 = _get(s, "cold_numpy", "p50")
@@ -100,6 +105,10 @@ def build_rows(r: dict[str, Any]) -> list[Row]:
             if key == "mem_hello" and m.get("fit_in_1gib"):
                 rows.append(_row("idle hello instances in 1 GiB (1024 / USS)",
                                  m["fit_in_1gib"], None, "n"))
+    spare = s.get("mem_spare") or {}
+    if "uss_mb" in spare:
+        rows.append(_row("USS of the spare instance kept per Python version (hello)",
+                         spare["uss_mb"], None, "MB"))
     plat = s.get("platform_idle") or {}
     if "rss_mb" in plat:
         rows.append(_row("platform process idle RSS (USS)", plat["rss_mb"], plat.get("uss_mb"),

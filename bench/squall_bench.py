@@ -53,6 +53,26 @@ def cold_starts(p: Platform, name: str, n: int, idle_s: float = IDLE_S) -> dict[
             "init": init_breakdown(p, name, n)}
 
 
+def cold_without_spares(quick: bool) -> dict[str, Any]:
+    """The same cold start on a platform with SQUALL_SPARES=0: every cold start forks on the
+    request's path (what a burst's second and later instances meet, and the figure before
+    spares)."""
+    with Platform(None, {"SQUALL_SPARES": "0"}) as p:
+        p.deploy(FUNCTIONS / "hello", "hello")
+        return cold_starts(p, "hello", 10 if quick else 30)
+
+
+def spare_memory(p: Platform, name: str) -> dict[str, Any]:
+    """USS/PSS of the version's spare (one instance forked ahead per Python version)."""
+    def spare_pid() -> int | None:
+        r = p.http.get(f"/api/v1/functions/{name}/instances")
+        pids = [z.get("spare_pid") for z in r.json().get("zygotes", [])]
+        return next((int(x) for x in pids if x), None)
+
+    pid = wait_for(spare_pid, 30, f"a spare instance of {name}")
+    return smaps_rollup(pid) | {"pid": pid}
+
+
 def platform_idle(p: Platform) -> dict[str, Any]:
     """The platform process's own memory while idle (functions deployed, no instance)."""
     assert p.proc is not None
@@ -60,7 +80,7 @@ def platform_idle(p: Platform) -> dict[str, Any]:
 
 
 INIT_RE = re.compile(r"Init Duration: ([\d.]+) ms \(sandbox ([\d.]+) ms, zygote ([\d.]+) ms, "
-                     r"fork ([\d.]+) ms\)")
+                     r"(?:fork|spare) ([\d.]+) ms\)")
 
 
 def init_breakdown(p: Platform, name: str, n: int) -> dict[str, Any] | None:
@@ -181,6 +201,8 @@ def run_main(quick: bool, sandbox: str | None, log: Callable[[str], None]) -> di
             ("throughput", lambda: throughput(p, "hello", quick)),
             ("cold_hello", lambda: cold_starts(p, "hello", 15 if quick else 40)),
             ("cold_hello_nopause", lambda: cold_starts(p, "hello", 15 if quick else 40, 0.0)),
+            ("cold_hello_fork", lambda: cold_without_spares(quick)),
+            ("mem_spare", lambda: spare_memory(p, "hello")),
             ("never_invoked", lambda: never_invoked(p, 3 if quick else 10)),
             ("scale_out", lambda: scale_out(p, 100)),
             ("mem_hello", lambda: memory(p, "hello", 3 if quick else 10)),

@@ -136,3 +136,104 @@ def test_first_request_after_idle_is_held_to_memory_mb(
     assert resp.json()["errorType"] == "OutOfMemoryError", resp.text
     resp = _cold(p, "hog", {"alloc_mb": 32})  # the next cold instance is fine
     assert resp.status_code == 200 and resp.json() == 2, resp.text
+
+
+# ---- spares: one instance per version forked ahead ---------------------------------------------
+
+COUNTER = """
+import os
+
+served = 0
+
+def handler(event, context):
+    global served
+    served += 1
+    return {"pid": os.getpid(), "served": served}
+"""
+
+
+def _zygote(p: PlatformProc, name: str) -> dict[str, Any]:
+    data = p.http.get(f"/api/v1/functions/{name}/instances").json()
+    zygotes: list[dict[str, Any]] = data.get("zygotes", [])
+    assert len(zygotes) == 1, data
+    return zygotes[0]
+
+
+def _spare_pid(p: PlatformProc, name: str) -> int:
+    pid: int = wait_for(lambda: _zygote(p, name).get("spare_pid"), timeout=15,
+                        message=f"a spare instance of {name}")
+    return pid
+
+
+def _report(p: PlatformProc, name: str, request_id: str) -> str:
+    lines = p.http.get(f"/api/v1/functions/{name}/logs",
+                       params={"request_id": request_id}).json()["lines"]
+    found = [str(x["line"]) for x in lines if "REPORT" in str(x["line"])]
+    assert found, lines
+    return found[-1]
+
+
+def test_a_cold_start_after_idle_takes_the_spare_forked_ahead(
+        sandboxed: PlatformProc, make_fn: Callable[..., Path]) -> None:
+    """After scale to zero the next request is served by the spare: a process that never
+    served (fresh module state), already in its own cgroup before the request; then the zygote
+    forks the next spare."""
+    p = sandboxed
+    p.deploy(make_fn("ahead", COUNTER))
+    first = p.invoke("ahead", {})
+    assert first.status_code == 200 and first.json()["served"] == 1, first.text
+    served_by = int(_instance(p, "ahead")["pid"])  # host pids (the response has the sandbox's)
+    for _ in range(2):
+        spare = _spare_pid(p, "ahead")
+        group = _memory_group(spare)  # under its own limits while it waits
+        assert "/squall/" in group and not group.endswith(".zygote"), group
+        assert spare != served_by
+        resp = _cold(p, "ahead", {})
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["served"] == 1  # a process that never served before
+        served_by = int(_instance(p, "ahead")["pid"])
+        assert served_by == spare  # the spare forked ahead
+        report = _report(p, "ahead", resp.headers["x-squall-request-id"])
+        assert "Init Duration" in report and ", spare " in report, report
+        wait_for(lambda spare=spare: _zygote(p, "ahead").get("spare_pid") not in (None, spare),
+                 timeout=15, message="the next spare")
+
+
+def test_a_spare_that_died_is_replaced_and_the_request_still_served(
+        sandboxed: PlatformProc, make_fn: Callable[..., Path]) -> None:
+    p = sandboxed
+    p.deploy(make_fn("fragile", COUNTER))
+    assert p.invoke("fragile", {}).status_code == 200
+    spare = _spare_pid(p, "fragile")
+    os.kill(spare, 9)
+    resp = _cold(p, "fragile", {})
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["served"] == 1
+    served_by = int(_instance(p, "fragile")["pid"])
+    assert served_by != spare
+    report = _report(p, "fragile", resp.headers["x-squall-request-id"])
+    assert ", fork " in report, report  # no spare to take: forked on the request's path
+    assert _spare_pid(p, "fragile") not in (spare, served_by)
+    assert "rebuilding zygote" not in p.log()
+
+
+def test_removing_the_function_stops_its_spare(
+        sandboxed: PlatformProc, make_fn: Callable[..., Path]) -> None:
+    p = sandboxed
+    p.deploy(make_fn("gone", COUNTER))
+    spare = _spare_pid(p, "gone")  # made at deploy, with the prewarmed zygote
+    assert p.http.delete("/api/v1/functions/gone").status_code in (200, 204)
+    wait_for(lambda: not os.path.exists(f"/proc/{spare}"), timeout=15,
+             message="the spare to exit")
+
+
+def test_with_spares_off_every_cold_start_forks(
+        platform_factory: Callable[..., PlatformProc], make_fn: Callable[..., Path]) -> None:
+    p = platform_factory(SQUALL_SPARES="0")
+    p.deploy(make_fn("plain", COUNTER))
+    for _ in range(2):
+        resp = _cold(p, "plain", {})
+        assert resp.status_code == 200, resp.text
+        report = _report(p, "plain", resp.headers["x-squall-request-id"])
+        assert ", fork " in report, report
+    assert _zygote(p, "plain").get("spare_pid") is None

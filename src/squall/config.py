@@ -42,6 +42,9 @@ class Settings:
     shutdown_grace_s: float = 30.0
     instance_stop_grace_s: float = 2.0
     zygote_memory_budget_mb: int = 2048
+    # each Python zygote keeps one instance forked ahead (hardened, in its cgroup, never
+    # served), so a cold start after idle is a hand-over, not a fork; off: every cold start forks
+    spares: bool = True
     # async invocation: concurrent deliveries, lease before a claimed event is redelivered,
     # how long finished events (and their idempotency keys) are kept
     async_workers: int = 64

@@ -136,8 +136,12 @@ class Instance:
         self.streams: dict[str, asyncio.Queue[dict[str, Any]]] = {}  # after a head frame
         self.dead = False
         self.init_timing: Any = None  # agent.node.InitTiming of the cold start that made it
+        self.from_spare = False  # forked ahead, before the request that took it
+        # called once, when the first invocation has its answer (the zygote forks its next
+        # spare then, so that the two processes do not compete for the CPU)
+        self.after_first: Callable[[], None] | None = None
         self._sock = sock
-        self._on_exit = on_exit
+        self.on_exit = on_exit
         self._pidfd = -1
         with contextlib.suppress(OSError):
             self._pidfd = os.pidfd_open(pid)
@@ -183,6 +187,9 @@ class Instance:
             if self.streams:
                 self._end_stream(request_id)
             self.last_used = time.monotonic()
+            if self.after_first is not None:
+                after, self.after_first = self.after_first, None
+                after()
 
     async def _relay(self, request_id: str, head: dict[str, Any],
                      sink: StreamSink | None) -> dict[str, Any]:
@@ -267,7 +274,7 @@ class Instance:
                 fut.set_exception(InstanceDied("instance exited"))
         for queue in self.streams.values():
             queue.put_nowait(_DEAD)
-        self._on_exit(self)
+        self.on_exit(self)
 
     def kill(self) -> None:
         """SIGKILL through the pidfd (never a recycled pid). Harmless when already dead."""

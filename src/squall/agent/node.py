@@ -104,6 +104,8 @@ class InitTiming:
     sandbox_ms: float = 0.0
     zygote_ms: float = 0.0
     fork_ms: float = 0.0
+    # the instance was forked ahead (its zygote's spare): fork_ms is only the hand-over
+    spare: bool = False
 
     @property
     def total_ms(self) -> float:
@@ -197,6 +199,7 @@ class Agent:
                                 self._zygote_config(vs), vs.code_dir)
                 if runtime_kind(vs.config.runtime) == "python":  # it forks its own instances
                     z.arm_executor = self._armer
+                    z.spares = self.settings.spares  # (the other runtimes always keep one)
                 await z.start()
                 slot.zygote = z
                 self._prepare_next(slot)
@@ -253,6 +256,7 @@ class Agent:
                 t0 = time.perf_counter()
                 inst = await z.fork(iid, pool.spec.concurrency, pool.on_exit)
             timing.fork_ms = (time.perf_counter() - t0) * 1000.0
+            timing.spare = inst.from_spare
             inst.init_timing = timing
             self._prepare_next(self._slot(vs))
             return inst
@@ -349,7 +353,8 @@ class Agent:
     def zygotes(self) -> list[dict[str, Any]]:
         return [{"key": k, "function": s.spec.function, "namespace": s.spec.namespace,
                  "version": s.spec.version,
-                 "pid": s.zygote.runtime_pid, "rss_bytes": _rss(s.zygote.runtime_pid)}
+                 "pid": s.zygote.runtime_pid, "rss_bytes": _rss(s.zygote.runtime_pid),
+                 "spare_pid": s.zygote.spare_pid}
                 for k, s in self._slots.items() if s.zygote is not None and not s.zygote.dead]
 
     async def run(self) -> None:

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -27,6 +28,10 @@ from squall.errors import HandlerError, SandboxError
 from squall.runtime.protocol import HEADER, ProtocolError, decode, encode
 
 log = logging.getLogger("squall.zygote")
+
+# After a spare is handed over, the next one is forked when the taken instance has answered its
+# first request, or after this long if it has not (a prewarm takes instances without requests).
+REFILL_DELAY_S = 0.1
 
 # The runtime needs only the squall package (for squall.runtime) and msgpack.
 RUNTIME_PATHS = sorted({Path(squall.__file__).parent.parent, Path(msgpack.__file__).parent.parent})
@@ -75,6 +80,11 @@ class Zygote:
         self._arming: asyncio.Future[None] | None = None
         self._runtime_pid: int | None = None
         self._acks: dict[str, asyncio.Future[None]] = {}  # fork requests the zygote has not done
+        # One instance forked ahead (set by the agent: Settings.spares): hardened, in its own
+        # cgroup, said hello, never served; the next fork hands it over and makes the next.
+        self.spares = False
+        self._spare: asyncio.Future[Any] | None = None  # of an Instance (of its subclass)
+        self._refill_at: asyncio.TimerHandle | None = None
 
     async def start(self, timeout_s: float = 120.0) -> None:
         """Start the zygote and wait until it has imported the handler.
@@ -142,6 +152,8 @@ class Zygote:
         self.start_ms = (time.perf_counter() - t0) * 1000.0
         self._tasks.append(loop.create_task(self._watch(reader)))
         self._rearm()
+        if self.spares:
+            self._refill()
 
     @property
     def pid(self) -> int | None:
@@ -195,6 +207,69 @@ class Zygote:
 
     async def fork(self, instance_id: str, concurrency: int,
                    on_exit: Callable[[Instance], None]) -> Instance:
+        """An instance ready to invoke: the spare when there is one (``instance_id`` is then not
+        used: the spare was placed in its cgroup under its own id), else one forked now."""
+        if self.dead or self._ctrl is None:
+            raise SandboxError(f"zygote {self.key} is not running")
+        inst = await self._take_spare()
+        if inst is None:
+            inst = await self._fork(instance_id, on_exit)
+        else:
+            inst.on_exit = on_exit
+        inst.concurrency = concurrency
+        if self.spares:
+            # The next spare is forked once this instance has answered its first request (or
+            # after REFILL_DELAY_S, for a prewarm): both at once would slow this cold start
+            # down, they share the CPUs.
+            if self._refill_at is not None:
+                self._refill_at.cancel()
+            self._refill_at = asyncio.get_running_loop().call_later(REFILL_DELAY_S,
+                                                                    self._refill)
+            inst.after_first = self._refill
+        return inst
+
+    async def _take_spare(self) -> Instance | None:
+        spare, self._spare = self._spare, None
+        if spare is None:
+            return None
+        try:
+            inst: Instance = await asyncio.shield(spare)  # still forking: nearest to ready
+        except Exception as exc:
+            log.warning("spare instance of %s failed to start: %r", self.key, exc)
+            return None
+        if inst.dead:
+            await self._discard(inst)
+            return None
+        inst.from_spare = True
+        return inst
+
+    def _refill(self) -> None:
+        """Fork the next spare in the background, unless one is there or on its way."""
+        if self._refill_at is not None:
+            self._refill_at.cancel()
+            self._refill_at = None
+        if not self.spares or self.dead or self._spare is not None:
+            return
+        fut = asyncio.get_running_loop().create_task(
+            self._fork(uuid.uuid4().hex[:12], _no_exit))
+        # a spare nobody takes may fail quietly (it is logged when taken)
+        fut.add_done_callback(lambda t: t.cancelled() or t.exception())
+        self._spare = fut
+
+    @property
+    def spare_pid(self) -> int | None:
+        spare = self._spare
+        if spare is None or not spare.done() or spare.cancelled() or spare.exception():
+            return None
+        inst = spare.result()
+        return None if inst.dead else inst.pid
+
+    async def _discard(self, inst: Instance) -> None:
+        """Stop an instance no pool owns and release its cgroup."""
+        await inst.stop(0.5)
+        await asyncio.get_running_loop().run_in_executor(None, self.sandbox.release, inst.id)
+
+    async def _fork(self, instance_id: str, on_exit: Callable[[Instance], None]) -> Instance:
         """Fork one instance, place it under its limits, and return it ready to invoke."""
         if self.dead or self._ctrl is None:
             raise SandboxError(f"zygote {self.key} is not running")
@@ -213,7 +288,7 @@ class Zygote:
             parent.close()
             raise
         self.sandbox.place(instance_id, pid)
-        inst = Instance(instance_id, self.key, parent, pid, concurrency, on_exit)
+        inst = Instance(instance_id, self.key, parent, pid, 1, on_exit)
         await inst.attach()
         return inst
 
@@ -269,6 +344,12 @@ class Zygote:
     async def stop(self, grace_s: float = 2.0) -> None:
         """TERM, wait ``grace_s``, KILL. Harmless when already stopped."""
         self.dead = True
+        if self._refill_at is not None:
+            self._refill_at.cancel()
+        spare, self._spare = self._spare, None
+        if spare is not None:  # let a fork in flight finish (bounded), then stop the spare
+            with contextlib.suppress(Exception):
+                await self._discard(await asyncio.shield(spare))
         await self._armed()  # the sandbox may be destroyed next: no move may still run then
         if self._ctrl is not None:
             self._ctrl.close()
@@ -292,6 +373,10 @@ class Zygote:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+
+
+def _no_exit(_inst: Instance) -> None:
+    """A spare's exit before it is handed over: noticed (``dead``) when it is taken."""
 
 
 def _proc_text(path: str) -> str:

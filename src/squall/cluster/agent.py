@@ -152,7 +152,8 @@ class NodeAgent:
             pool.release(inst)
         timing: InitTiming = inst.init_timing if cold and inst.init_timing else InitTiming()
         return {"t": "done", "cold": cold,
-                "tm": [timing.sandbox_ms, timing.zygote_ms, timing.fork_ms], "x": done.to_wire()}
+                "tm": [timing.sandbox_ms, timing.zygote_ms, timing.fork_ms, timing.spare],
+                "x": done.to_wire()}
 
     async def put(self, key: str, s: dict[str, Any], bundle: bytes | None) -> None:
         sha = str(s["sha"])

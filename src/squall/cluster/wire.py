@@ -16,7 +16,7 @@ Gateway -> agent:
   {"t": "inv", "i", "k", "r", "ev", "ctx"}  run one request of version key k
   {"t": "retire", "i", "k"}          stop the version's instances and zygote
 Agent -> gateway:
-  {"t": "done", "i", "cold", "tm": [sandbox, zygote, fork ms], "x": Execution.to_wire()}
+  {"t": "done", "i", "cold", "tm": [sandbox, zygote, fork ms, spare], "x": Execution.to_wire()}
   {"t": "need", "i", "b": bool}      spec unknown here (b: the bundle is missing too)
   {"t": "fail", "i", "code", "msg", "status", "ra"}  a SquallError (e.g. 429 of a full pool)
   {"t": "ok", "i"}

@@ -200,7 +200,7 @@ class LocalInvoker:
         if cold:
             report += (f"\tInit Duration: {timing.total_ms:.2f} ms (sandbox "
                        f"{timing.sandbox_ms:.2f} ms, zygote {timing.zygote_ms:.2f} ms, "
-                       f"fork {timing.fork_ms:.2f} ms)")
+                       f"{'spare' if timing.spare else 'fork'} {timing.fork_ms:.2f} ms)")
         if error is not None and error.get("errorType") == "OutOfMemoryError":
             report += "\tStatus: error\tError Type: Runtime.OutOfMemory"
         block.append(report)

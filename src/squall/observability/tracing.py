@@ -190,7 +190,7 @@ class InvocationTrace:
         ctx = trace.set_span_in_context(init)
         t = start
         for name, ms in (("sandbox", timing.sandbox_ms), ("zygote", timing.zygote_ms),
-                         ("fork", timing.fork_ms)):
+                         ("spare" if timing.spare else "fork", timing.fork_ms)):
             if ms > 0:
                 part = tracer.start_span(name, context=ctx, start_time=t)
                 t += int(ms * 1e6)

@@ -21,7 +21,6 @@ import signal
 import socket
 import time
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 from squall.agent.instance import Instance, InstanceDied, StreamSink
@@ -54,13 +53,6 @@ class RuntimeApiInstance(Instance):
         self._current: str | None = None
         self._watch_fd = -1
         self._loop: asyncio.AbstractEventLoop | None = None
-        # called once, when the first invocation has its answer (ExecZygote starts the next
-        # spare then, so that the two processes do not compete for the CPU)
-        self.after_first: Callable[[], None] | None = None
-
-    def set_on_exit(self, on_exit: Callable[[Instance], None]) -> None:
-        """The pool that takes this (spare) instance wants to hear of its exit."""
-        self._on_exit = on_exit
 
     async def attach(self) -> None:
         loop = self._loop = asyncio.get_running_loop()

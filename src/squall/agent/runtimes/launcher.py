@@ -101,6 +101,8 @@ class ExecZygote(Zygote):
             if inst is not None and inst.dead:
                 await self._discard(inst)
                 inst = None
+            if inst is not None:
+                inst.from_spare = True
         if inst is None:
             inst = await self._spawn()
         # The next spare starts when this instance has answered its first request, or after
@@ -113,7 +115,7 @@ class ExecZygote(Zygote):
             self._refill()
 
         inst.after_first = refill_now
-        inst.set_on_exit(on_exit)
+        inst.on_exit = on_exit
         return inst
 
     def _refill(self) -> None:
@@ -166,12 +168,12 @@ class ExecZygote(Zygote):
     async def _until_ready(self, inst: RuntimeApiInstance) -> None:
         loop = asyncio.get_running_loop()
         exited: asyncio.Future[None] = loop.create_future()
-        inst.set_on_exit(lambda _i: _resolve(exited))
+        inst.on_exit = lambda _i: _resolve(exited)
         try:
             await asyncio.wait({inst.api.ready, exited}, timeout=self.init_timeout_s,
                                return_when=asyncio.FIRST_COMPLETED)
         finally:
-            inst.set_on_exit(lambda _i: None)
+            inst.on_exit = lambda _i: None
         ready = inst.api.ready
         if ready.done() and not ready.cancelled() and ready.exception() is None:
             return
@@ -193,11 +195,6 @@ class ExecZygote(Zygote):
         raise HandlerError(f"the {label} did not call /runtime/invocation/next within "
                            f"{self.init_timeout_s:g} s\n{output}".rstrip(),
                            details={"output": output})
-
-    async def _discard(self, inst: RuntimeApiInstance) -> None:
-        """Stop an instance no pool owns and release its cgroup."""
-        await inst.stop(0.5)
-        self.sandbox.release(inst.id)
 
     async def stop(self, grace_s: float = 2.0) -> None:
         spare, self._spare = self._spare, None
