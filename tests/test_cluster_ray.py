@@ -44,7 +44,10 @@ def gateway(cluster: tuple[Any, str], platform_factory: Callable[..., PlatformPr
     with pg_schema() as url:
         p = platform_factory(SQUALL_STORE=url, SQUALL_CLUSTER=ray.address,
                              SQUALL_MASTER_KEY=key, SQUALL_S3_PORT="0",
-                             SQUALL_ASYNC_WORKERS="16")
+                             SQUALL_ASYNC_WORKERS="16",
+                             # a stop right after a node was killed once waited out the whole
+                             # drain deadline (30 s) in a full run; these tests need no drain
+                             SQUALL_SHUTDOWN_GRACE_S="5")
         wait_for(lambda: len(_up(p)) == len(ray.list_all_nodes()), timeout=120,
                  message="an agent on every node")
         yield p

@@ -39,6 +39,38 @@ def test_enqueue_claim_succeed(db: Database) -> None:
     db.run_sync(run)
 
 
+def test_listing_by_status_is_right_and_does_not_walk_finished_events(db: Database) -> None:
+    """Running and retrying events are found through the status index (a listing by status
+    used to walk every event of the function), with the same rows and order as before."""
+    def run(c: sqlite3.Connection) -> None:
+        for i in range(300):
+            put(c, f"e{i:03d}", now=100.0 + i)
+        got = sorted(r["id"] for r in queue.claim(c, now=1000.0, limit=300, lease_s=30))
+        queue.succeed_many(c, [{"id": r, "now": 1001.0, "result": None, "follow_up": None}
+                               for r in got[:290]])
+        queue.retry_later(c, "e295", now=1001.0, error={"errorType": "E"},
+                          next_attempt_at=2000.0)
+        running = queue.list_events(c, function="f", status="running", namespace="default",
+                                    limit=3)
+        assert [r["id"] for r in running] == ["e299", "e298", "e297"]  # newest first
+        failed = queue.list_events(c, function="f", status="failed", limit=10)
+        assert [r["id"] for r in failed] == ["e295"]
+        assert queue.list_events(c, function="other", status="running") == []
+        done = queue.list_events(c, function="f", status="succeeded", limit=2)
+        assert [r["id"] for r in done] == ["e289", "e288"]
+        if isinstance(c, sqlite3.Connection):  # the plan: the status index, not the function's
+            seen: list[str] = []
+            c.set_trace_callback(seen.append)  # the statement as run, its values filled in
+            try:
+                queue.list_events(c, function="f", status="running", limit=1)
+            finally:
+                c.set_trace_callback(None)
+            plan = " ".join(str(tuple(r)) for r in c.execute("EXPLAIN QUERY PLAN " + seen[-1]))
+            assert "events_due" in plan and "events_function" not in plan, plan
+
+    db.run_sync(run)
+
+
 def test_lease_expiry_and_recover(db: Database) -> None:
     def run(c: sqlite3.Connection) -> None:
         put(c, "a")

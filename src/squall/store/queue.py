@@ -321,17 +321,24 @@ def succeed(conn: sqlite3.Connection, id: str, *, now: float, result: Any,
 
 
 def succeed_many(conn: sqlite3.Connection, items: Sequence[dict[str, Any]]) -> list[None]:
-    """``succeed`` of each item (its keyword arguments), all in one transaction."""
+    """``succeed`` of each item (its keyword arguments), all in one transaction: one statement
+    for all of them, then the follow-up events (destinations) of those that have one."""
     with transaction(conn):
+        conn.executemany(_SUCCEED, [(_dumps(i["result"]), i["now"], i["now"], i["id"])
+                                    for i in items])
         for item in items:
-            _succeed(conn, **item)
+            if item["follow_up"] is not None:
+                _insert_event(conn, **item["follow_up"])
     return [None] * len(items)
+
+
+_SUCCEED = ("UPDATE events SET status='succeeded', result=?, error=NULL, lease_until=NULL,"
+            " finished_at=?, updated_at=? WHERE id=?")
 
 
 def _succeed(conn: sqlite3.Connection, id: str, *, now: float, result: Any,
              follow_up: dict[str, Any] | None) -> None:
-    conn.execute("UPDATE events SET status='succeeded', result=?, error=NULL, lease_until=NULL,"
-                 " finished_at=?, updated_at=? WHERE id=?", (_dumps(result), now, now, id))
+    conn.execute(_SUCCEED, (_dumps(result), now, now, id))
     if follow_up is not None:
         _insert_event(conn, **follow_up)
 
@@ -375,7 +382,12 @@ def list_events(conn: sqlite3.Connection, *, function: str | None = None,
         if val is not None:
             where.append(f"{col}=?")
             args.append(val)
-    rows = conn.execute(f"SELECT {_EVENT_COLS} FROM events WHERE {' AND '.join(where)}"
+    # Running and retrying events are few among many finished ones: found through the status
+    # index, not by walking every event of the function (SQLite's plan for ``function=?``, 5 ms
+    # per call with 20,000 events; a poll of the backlog made that a load of its own).
+    hint = "INDEXED BY events_due" if status in ("running", "failed") and not is_postgres(conn) \
+        else ""
+    rows = conn.execute(f"SELECT {_EVENT_COLS} FROM events {hint} WHERE {' AND '.join(where)}"
                         " ORDER BY created_at DESC LIMIT ?", (*args, limit)).fetchall()
     return [dict(r) for r in rows]
 
