@@ -25,8 +25,10 @@ def squall_argv() -> list[str]:
 class Platform:
     """One `squall up` on a free loopback port with its own temporary data dir."""
 
-    def __init__(self, sandbox: str | None = None, env: dict[str, str] | None = None) -> None:
+    def __init__(self, sandbox: str | None = None, env: dict[str, str] | None = None,
+                 cpus: str = "") -> None:
         self.extra_env = dict(env or {})
+        self.cpus = cpus  # taskset -c: the platform (and so its zygotes and instances) there
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.sandbox = sandbox
@@ -56,9 +58,10 @@ class Platform:
 
     def start(self) -> None:
         log = open(self.log_path, "ab")
+        pin = ["taskset", "-c", self.cpus] if self.cpus else []
         self.proc = subprocess.Popen(
-            [*squall_argv(), "up", "--port", str(self.port), "--data-dir", str(self.data_dir)],
-            stdout=log, stderr=subprocess.STDOUT, env=self.env(), cwd=ROOT)
+            [*pin, *squall_argv(), "up", "--port", str(self.port), "--data-dir",
+             str(self.data_dir)], stdout=log, stderr=subprocess.STDOUT, env=self.env(), cwd=ROOT)
         log.close()
         try:
             wait_for(self._ready, 60, f"squall up on {self.url}")

@@ -88,6 +88,14 @@ def build_rows(r: dict[str, Any]) -> list[Row]:
     ok = None if rps is None or not base_rps else rps / base_rps >= 0.2
     rows.append(_row("throughput c=32 (wrk)", rps, base_rps, "req/s", ">= 20% of baseline A", ok,
                      "uvloop+httptools server"))
+    cores = s.get("cores") or {}
+    one, every = _get(cores, "one_core", "rps"), _get(cores, "all_cores", "rps")
+    if one is not None and every is not None:
+        rows.append(_row("throughput c=32, the platform held to 1 core (wrk on another)", one,
+                         None, "req/s"))
+        rows.append(_row(f"throughput c=32, the platform on all {cores.get('cpus')} cores "
+                         f"(wrk sharing them) vs 1 core", every, one, "req/s",
+                         baseline_what="1 core"))
     so = s.get("scale_out") or {}
     if "total_ms" in so:
         rows.append(_row(f"scale-out: 100 concurrent x 100 ms from zero ({so['ok']}/100 ok)",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import http.client
+import os
 import re
 import shutil
 import tempfile
@@ -60,6 +61,22 @@ def cold_without_spares(quick: bool) -> dict[str, Any]:
     with Platform(None, {"SQUALL_SPARES": "0"}) as p:
         p.deploy(FUNCTIONS / "hello", "hello")
         return cold_starts(p, "hello", 10 if quick else 30)
+
+
+def cores_curve(quick: bool) -> dict[str, Any]:
+    """hello at c=32 with the whole platform (gateway, zygotes, instances) held to one core
+    (wrk on the other), then on both (wrk sharing them): the scaling curve on this machine."""
+    ncpu = os.cpu_count() or 1
+    out: dict[str, Any] = {"cpus": ncpu}
+    if ncpu < 2:
+        return out | {"error": "needs at least 2 CPUs"}
+    for label, cpus, client in (("one_core", "0", "1"), ("all_cores", "", "")):
+        with Platform(None, cpus=cpus) as p:
+            p.deploy(FUNCTIONS / "hello", "hello")
+            wrk(f"{p.url}/fn/hello", duration_s=1, cpus=client)  # warm up: the instances
+            r = wrk(f"{p.url}/fn/hello", duration_s=2 if quick else 5, cpus=client)
+            out[label] = {k: r.get(k) for k in ("rps", "p50_ms", "p99_ms", "non_2xx", "cmd")}
+    return out
 
 
 def spare_memory(p: Platform, name: str) -> dict[str, Any]:
@@ -203,6 +220,7 @@ def run_main(quick: bool, sandbox: str | None, log: Callable[[str], None]) -> di
             ("cold_hello_nopause", lambda: cold_starts(p, "hello", 15 if quick else 40, 0.0)),
             ("cold_hello_fork", lambda: cold_without_spares(quick)),
             ("mem_spare", lambda: spare_memory(p, "hello")),
+            ("cores", lambda: cores_curve(quick)),
             ("never_invoked", lambda: never_invoked(p, 3 if quick else 10)),
             ("scale_out", lambda: scale_out(p, 100)),
             ("mem_hello", lambda: memory(p, "hello", 3 if quick else 10)),

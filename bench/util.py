@@ -96,14 +96,18 @@ def stop(proc: subprocess.Popen[Any], grace_s: float = 10.0) -> None:
 WRK_HINT = "wrk is missing: install it with `apt-get install -y wrk` (or brew install wrk)"
 
 
-def wrk(url: str, connections: int = 32, duration_s: int = 5, threads: int = 2) -> dict[str, Any]:
-    """Run wrk once; returns requests/s, latency p50/p99 (ms), errors and the raw output."""
+def wrk(url: str, connections: int = 32, duration_s: int = 5, threads: int = 2,
+        cpus: str = "") -> dict[str, Any]:
+    """Run wrk once (on the CPUs ``cpus`` names, like taskset -c, when given); returns
+    requests/s, latency p50/p99 (ms), errors and the raw output."""
     exe = shutil.which("wrk")
     if exe is None:
         print(WRK_HINT)
         return {"rps": float("nan"), "error": WRK_HINT}
     cmd = [exe, f"-t{threads}", f"-c{connections}", f"-d{duration_s}s", "--latency", url]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration_s + 60).stdout
+    pin = ["taskset", "-c", cpus] if cpus else []
+    out = subprocess.run([*pin, *cmd], capture_output=True, text=True,
+                         timeout=duration_s + 60).stdout
     rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
     non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     sock_err = re.search(r"Socket errors:(.*)", out)
