@@ -86,8 +86,16 @@ def spare_memory(p: Platform, name: str) -> dict[str, Any]:
         pids = [z.get("spare_pid") for z in r.json().get("zygotes", [])]
         return next((int(x) for x in pids if x), None)
 
-    pid = wait_for(spare_pid, 30, f"a spare instance of {name}")
-    return smaps_rollup(pid) | {"pid": pid}
+    found: list[int] = []
+
+    def ready() -> bool:
+        pid = spare_pid()
+        if pid:
+            found.append(pid)
+        return bool(pid)
+
+    wait_for(ready, 30, f"a spare instance of {name}")
+    return smaps_rollup(found[-1]) | {"pid": found[-1]}
 
 
 def platform_idle(p: Platform) -> dict[str, Any]:
