@@ -96,6 +96,11 @@ def build_rows(r: dict[str, Any]) -> list[Row]:
         rows.append(_row(f"throughput c=32, the platform on all {cores.get('cpus')} cores "
                          f"(wrk sharing them) vs 1 core", every, one, "req/s",
                          baseline_what="1 core"))
+    gw = s.get("gateways") or {}
+    one, two = _get(gw, "one", "rps"), _get(gw, "two", "rps")
+    if one is not None and two is not None:
+        rows.append(_row("throughput c=32, two gateways of a PostgreSQL store on one port "
+                         "(--reuse-port) vs one", two, one, "req/s", baseline_what="one gateway"))
     so = s.get("scale_out") or {}
     if "total_ms" in so:
         rows.append(_row(f"scale-out: 100 concurrent x 100 ms from zero ({so['ok']}/100 ok)",

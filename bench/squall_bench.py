@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import http.client
+import json
 import os
 import re
 import shutil
@@ -77,6 +78,65 @@ def cores_curve(quick: bool) -> dict[str, Any]:
             r = wrk(f"{p.url}/fn/hello", duration_s=2 if quick else 5, cpus=client)
             out[label] = {k: r.get(k) for k in ("rps", "p50_ms", "p99_ms", "non_2xx", "cmd")}
     return out
+
+
+def gateways_curve(quick: bool) -> dict[str, Any]:
+    """hello at c=32 through one gateway on a PostgreSQL store, then through two gateways of
+    that store sharing the port (--reuse-port): what a second gateway process adds here."""
+    import base64
+    import uuid
+
+    import psycopg
+
+    pg = os.environ.get("SQUALL_TEST_POSTGRES", "postgresql://127.0.0.1:5432/test")
+    schema = f"bench_{uuid.uuid4().hex[:12]}"
+    try:
+        with psycopg.connect(pg, autocommit=True, connect_timeout=3) as conn:
+            conn.execute(f"CREATE SCHEMA {schema}")
+    except Exception as exc:  # no PostgreSQL here: the row is left out, with the reason
+        return {"error": f"PostgreSQL at {pg}: {exc}"}
+    sep = "&" if "?" in pg else "?"
+    env = {"SQUALL_STORE": f"{pg}{sep}options=-csearch_path%3D{schema}",
+           "SQUALL_MASTER_KEY": base64.b64encode(os.urandom(32)).decode(),
+           "SQUALL_REUSE_PORT": "1"}
+    out: dict[str, Any] = {}
+    first, second = Platform(None, env), Platform(None, env)
+    try:
+        first.start()
+        first.deploy(FUNCTIONS / "hello", "hello")
+        url = f"{first.url}/fn/hello"
+        wrk(url, duration_s=1)
+        out["one"] = _load(wrk(url, duration_s=2 if quick else 5))
+        second.port, second.url = first.port, first.url
+        second.http = httpx.Client(base_url=first.url, timeout=120)
+        second.data_dir.mkdir(parents=True)
+        (second.data_dir / "admin-key").write_text(first.admin_key + "\n")
+        second.start()
+        assert second.proc is not None
+        wait_for(lambda: _answered_by(first.port, second.proc.pid if second.proc else 0), 30,
+                 "the second gateway on the shared port")
+        wrk(url, duration_s=3)  # its instances
+        out["two"] = _load(wrk(url, duration_s=2 if quick else 5))
+    finally:
+        second.close()
+        first.close()
+        with psycopg.connect(pg, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA {schema} CASCADE")
+    return out
+
+
+def _load(r: dict[str, Any]) -> dict[str, Any]:
+    return {k: r.get(k) for k in ("rps", "p50_ms", "p99_ms", "non_2xx")}
+
+
+def _answered_by(port: int, pid: int) -> bool:
+    """A fresh connection's /healthz came from ``pid`` (the kernel picks per connection)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", "/healthz")
+        return int(json.loads(conn.getresponse().read())["pid"]) == pid
+    finally:
+        conn.close()
 
 
 def spare_memory(p: Platform, name: str) -> dict[str, Any]:
@@ -229,6 +289,7 @@ def run_main(quick: bool, sandbox: str | None, log: Callable[[str], None]) -> di
             ("cold_hello_fork", lambda: cold_without_spares(quick)),
             ("mem_spare", lambda: spare_memory(p, "hello")),
             ("cores", lambda: cores_curve(quick)),
+            ("gateways", lambda: gateways_curve(quick)),
             ("never_invoked", lambda: never_invoked(p, 3 if quick else 10)),
             ("scale_out", lambda: scale_out(p, 100)),
             ("mem_hello", lambda: memory(p, "hello", 3 if quick else 10)),

@@ -224,3 +224,83 @@ def test_a_connector_consumes_once_across_gateways(gateways: Pair,
     asyncio.run(publish(5))
     wait_for(functools.partial(_usage_is, other, "once", 25), timeout=30,
              message="the 5 later messages through the other gateway")
+
+
+# ---- several gateways on one port (--reuse-port) ------------------------------------------------
+
+def _fresh_get(port: int, path: str, key: str = "") -> tuple[int, dict[str, str], bytes]:
+    """One request on a connection of its own: the kernel picks a gateway per connection."""
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request("GET", path, headers={"authorization": f"Bearer {key}"} if key else {})
+        resp = conn.getresponse()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+    finally:
+        conn.close()
+
+
+def test_two_gateways_share_one_port(platform_factory: Callable[..., PlatformProc],
+                                     tmp_path: Path, make_fn: Callable[..., Path]) -> None:
+    """--reuse-port: two gateways of one store listen on the same port; connections reach both,
+    and a function deployed through the port is served by both."""
+    import json
+
+    require_service(*pg_address(), "PostgreSQL")
+    with pg_schema() as url:
+        env = {"SQUALL_STORE": url, "SQUALL_S3_PORT": "0", "SQUALL_REUSE_PORT": "1",
+               "SQUALL_MASTER_KEY": base64.b64encode(os.urandom(32)).decode()}
+        a = platform_factory(**env)
+        b = PlatformProc(tmp_path / "data1", env)
+        (tmp_path / "data1").mkdir()
+        (tmp_path / "data1" / "admin-key").write_text(a.admin_key + "\n")
+        b.port, b.url = a.port, a.url  # the same port
+        b.http.close()
+        b.http = a.http
+        try:
+            b.start()
+            pids: set[int] = set()
+
+            def both_answer() -> bool:
+                status, _, body = _fresh_get(a.port, "/healthz")
+                assert status == 200
+                pids.add(int(json.loads(body)["pid"]))
+                return pids == {a.pid, b.pid}
+
+            wait_for(both_answer, timeout=30, interval=0.0, message="both gateways answering")
+            # imported once per gateway (by its zygote): the token tells the gateways apart
+            a.deploy(make_fn("shared", """
+                import os
+
+                TOKEN = os.urandom(8).hex()
+
+                def handler(event, context):
+                    return TOKEN
+            """))
+            served: set[bytes] = set()
+
+            def both_serve() -> bool:
+                status, _, body = _fresh_get(a.port, "/fn/shared")
+                if status == 404:  # the other gateway has not read the deploy yet
+                    return False
+                assert status == 200 and len(body) == 16, (status, body)
+                served.add(body)
+                return len(served) == 2
+
+            wait_for(both_serve, timeout=30, interval=0.0, message="both gateways serving")
+        finally:
+            b.close()
+            a.close()
+
+
+def test_reuse_port_refuses_a_store_of_its_own(tmp_path: Path) -> None:
+    """SQLite is one process's store: two gateways on one port would serve different functions."""
+    port = free_port()
+    result = subprocess.run(
+        [SQUALL, "up", "--reuse-port", "--port", str(port), "--data-dir", str(tmp_path / "d")],
+        capture_output=True, text=True, timeout=60,
+        env={**os.environ, "SQUALL_S3_PORT": "0"})
+    assert result.returncode == 1, result.stderr
+    assert "[reuse_port_needs_shared_store]" in result.stderr
+    assert "--store postgresql://" in result.stderr

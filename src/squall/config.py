@@ -19,6 +19,9 @@ class Prices:
 class Settings:
     host: str = "127.0.0.1"
     port: int = 8080
+    # listen with SO_REUSEPORT: several `squall up` on one shared store (PostgreSQL) serve one
+    # port, the kernel spreading connections over them (more cores for the gateways)
+    reuse_port: bool = False
     data_dir: Path = field(default_factory=lambda: Path(".squall"))
     # the store: "" is SQLite in the data dir; postgresql://user@host/db is a PostgreSQL store
     # that any number of gateways share (each with a data dir of its own, the same master key)

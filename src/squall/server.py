@@ -8,6 +8,7 @@ import fcntl
 import logging
 import os
 import signal
+import socket
 import sys
 from types import FrameType
 from typing import Any
@@ -247,6 +248,7 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
                             timeout_graceful_shutdown=int(
                                 settings.shutdown_grace_s), backlog=4096)
     server = _Server(config)
+    sockets = [_shared_listener(settings, platform)] if settings.reuse_port else None
     if platform.cluster is not None:  # blocking, once: join Ray as a driver
         platform.cluster.connect()
     try:
@@ -278,7 +280,7 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
                 ready.set()
             # uvicorn handles SIGINT/SIGTERM: stops accepting, waits for in-flight requests up
             # to the graceful deadline, returns; its signal handlers are restored afterwards.
-            await server.serve()
+            await server.serve(sockets=sockets)
             stop_s3.set()
             await platform.agent.shutdown()
             for task in background:
@@ -297,6 +299,26 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
             platform.db.close()
         os.close(lock_fd)
     print("squall: stopped", file=sys.stderr, flush=True)
+
+
+def _shared_listener(settings: Settings, platform: Platform) -> socket.socket:
+    """--reuse-port: a listening socket with SO_REUSEPORT, so several gateways serve one port.
+    Only gateways that share a store may: each answers for the same functions, keys and
+    events. Raises ServiceUnavailable (``reuse_port_needs_shared_store``, ``port_unavailable``)."""
+    if not platform.db.shared:
+        raise ServiceUnavailable(
+            "--reuse-port lets several `squall up` serve one port, so they must serve the same "
+            "functions: give each the same --store postgresql://... and SQUALL_MASTER_KEY "
+            "(with the SQLite store one process serves a data dir)",
+            code="reuse_port_needs_shared_store")
+    try:
+        family = socket.getaddrinfo(settings.host, settings.port, type=socket.SOCK_STREAM)[0][0]
+        return socket.create_server((settings.host, settings.port), family=family,
+                                    backlog=4096, reuse_port=True)
+    except OSError as exc:
+        raise ServiceUnavailable(f"cannot listen on {settings.host}:{settings.port} with "
+                                 f"SO_REUSEPORT: {exc} (a process without --reuse-port may "
+                                 f"hold it)", code="port_unavailable") from None
 
 
 def run(settings: Settings) -> None:

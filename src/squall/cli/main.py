@@ -61,11 +61,15 @@ def cli(ctx: click.Context, url: str | None, api_key: str | None, data_dir: str 
               help="What carries async events: nats://HOST:PORT[?prefix=NAME] is a NATS "
                    "JetStream stream shared by every gateway (env SQUALL_QUEUE; default: the "
                    "store's own table).")
+@click.option("--reuse-port", is_flag=True, default=None,
+              help="Share --port with other `squall up` on this machine (SO_REUSEPORT; the "
+                   "kernel spreads connections over them). They must share one --store "
+                   "postgresql://... and SQUALL_MASTER_KEY (env SQUALL_REUSE_PORT).")
 @click.pass_context
 def up(ctx: click.Context, host: str | None, port: int | None, data_dir: Path | None,
        sandbox: str | None, tls_cert: str | None, tls_key: str | None,
        s3_port: int | None, store: str | None, cluster: str | None,
-       queue: str | None) -> None:
+       queue: str | None, reuse_port: bool | None) -> None:
     """Start the platform in the foreground (Ctrl-C or SIGTERM stops it gracefully)."""
     from squall.config import Settings
     from squall.server import run
@@ -76,7 +80,7 @@ def up(ctx: click.Context, host: str | None, port: int | None, data_dir: Path | 
     data_dir = data_dir or (Path(root["data_dir"]) if root.get("data_dir") else None)
     run(Settings.from_env(host=host, port=port, data_dir=data_dir, sandbox=sandbox,
                           tls_cert=tls_cert, tls_key=tls_key, s3_port=s3_port, store=store,
-                          cluster=cluster, queue=queue))
+                          cluster=cluster, queue=queue, reuse_port=reuse_port))
 
 
 @cli.command()
