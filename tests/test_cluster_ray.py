@@ -100,8 +100,10 @@ def test_deploy_and_invoke_across_nodes(gateway: PlatformProc,
         for t in threads:
             t.join()
     assert sorted(r.json()["n"] for r in results) == list(range(12))
-    spread = _running(p, dep["sha256"])
-    assert sum(1 for v in spread.values() if v) >= 2, spread
+    # the nodes report their instances twice a second: a node that took its first requests of
+    # the version just now may not have said so yet
+    wait_for(lambda: sum(1 for v in _running(p, dep["sha256"]).values() if v) >= 2, timeout=5,
+             message="instances on at least two nodes")
     # async events through the queue run on the nodes too
     ids = [p.invoke("where", {"n": n}, headers=ASYNC).json()["request_id"] for n in range(20)]
     wait_for(lambda: all(p.http.get(f"/api/v1/invocations/{i}").json()["status"]
