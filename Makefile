@@ -5,6 +5,9 @@ BIN := $(VENV)/bin
 PORT ?= 8080
 DATA_DIR ?= .squall
 STAMP := $(VENV)/.installed
+# test files run on this many processes at once (pytest-xdist; a file's tests stay together,
+# so module fixtures such as a Ray cluster start once); TEST_WORKERS=0 runs them in one
+TEST_WORKERS ?= 2
 
 .PHONY: run test bench bench-quick soak lint setup clean
 
@@ -20,7 +23,7 @@ run: $(STAMP)
 	@$(BIN)/python scripts/run_with_examples.py --port $(PORT) --data-dir $(DATA_DIR)
 
 test: $(STAMP)
-	$(BIN)/pytest -q -p no:cacheprovider
+	$(BIN)/pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
