@@ -128,6 +128,49 @@ def async_throughput(p: Platform, quick: bool, tmp: Path) -> dict[str, Any]:
             "succeeded_listed": succeeded}
 
 
+def event_inserts(quick: bool, tmp: Path) -> dict[str, Any]:
+    """The store's cost of accepting events: ``queue.enqueue_many`` in batches of 16 (what the
+    group commit forms under load) into a fresh SQLite store, with the platform's request ids
+    (version 7 UUIDs, growing with time) and, as the baseline, random version 4 UUIDs."""
+    sys.path.insert(0, str(HERE.parent / "src"))
+    from squall.ids import new_request_id
+    from squall.store import queue
+    from squall.store.db import Database
+
+    n = 8_000 if quick else 40_000
+    out: dict[str, Any] = {"events": n, "batch": 16}
+    for label, make in (("v7", new_request_id), ("v4", lambda: str(uuid.uuid4()))):
+        db = Database(tmp / f"inserts-{label}" / "squall.db")
+        db.open()
+        try:
+            conn = db.run_sync(lambda c: c)
+            t0 = time.perf_counter()
+            for _ in range(n // 16):
+                now = time.time()
+                queue.enqueue_many(conn, [
+                    {"id": make(), "function": "noop", "namespace": "default", "trigger": "async",
+                     "payload": "{}", "now": now, "source": None, "idempotency_key": None,
+                     "traceparent": None} for _ in range(16)])
+            out[f"us_per_event_{label}"] = (time.perf_counter() - t0) / n * 1e6
+        finally:
+            db.close()
+    return out
+
+
+def accept_only(quick: bool) -> dict[str, Any]:
+    """The accept path alone: the same wrk POST load on a platform that delivers nothing
+    (``SQUALL_ASYNC_WORKERS=0``), so every event only has to be stored and answered 202."""
+    with Platform(env={"SQUALL_ASYNC_WORKERS": "0"}) as p, \
+            tempfile.TemporaryDirectory(prefix="squall-bench-accept-") as tmp:
+        bundle = Path(tmp) / "noop"
+        bundle.mkdir()
+        (bundle / "handler.py").write_text(NOOP)
+        (bundle / "squall.toml").write_text('name = "noop"\n')
+        p.deploy(bundle, "noop")
+        return wrk_post(f"{p.url}/api/v1/functions/noop/invocations", 2 if quick else 5,
+                        token=p.admin_key)
+
+
 # ---- 2. publish -> handler start, per connector ----------------------------------------------
 
 Inbox = asyncio.Queue[tuple[float, dict[str, Any]]]  # (receive time, payload) of raw messages
@@ -483,6 +526,8 @@ def run(quick: bool, log: Log) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="squall-bench-events-") as tmp, Platform() as p:
         steps: list[tuple[str, Callable[[], dict[str, Any]]]] = [
             ("async_throughput", lambda: async_throughput(p, quick, Path(tmp))),
+            ("async_accept_only", lambda: accept_only(quick)),
+            ("event_inserts", lambda: event_inserts(quick, Path(tmp))),
             # the same load with NATS JetStream carrying the queue (--queue nats://)
             ("async_throughput_nats", lambda: queue_bench.async_throughput(quick, Path(tmp)))]
         for kind in KINDS:

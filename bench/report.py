@@ -226,6 +226,15 @@ def _event_rows(ev: dict[str, Any]) -> list[Row]:
                  "events/s", baseline_what=post),
             _row("async invoke: completed, load start to queue drained (max_instances 4)",
                  tp["completed_per_s"], base, "events/s", baseline_what=post)]
+    alone = ev.get("async_accept_only") or {}
+    if "accepted_per_s" in alone:  # nothing delivered meanwhile: the accept path's own ceiling
+        rows.append(_row("async invoke: accepted with no delivery meanwhile (ASYNC_WORKERS=0)",
+                         alone["accepted_per_s"], base, "events/s", baseline_what=post))
+    ins = ev.get("event_inserts") or {}
+    if "us_per_event_v7" in ins:
+        rows.append(_row(f"store: one event inserted, batches of 16, {ins['events']:,} events "
+                         "(version 7 request ids)", ins["us_per_event_v7"],
+                         ins["us_per_event_v4"], "us", baseline_what="random version 4 ids"))
     js = ev.get("async_throughput_nats") or {}
     if "accepted_per_s" in js:  # the same load, NATS JetStream carrying the queue
         rows += [

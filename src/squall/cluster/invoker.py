@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from typing import Any
 
 from squall.agent.node import InitTiming
@@ -19,6 +18,7 @@ from squall.bundle import archive
 from squall.cluster.agent import spec_wire
 from squall.cluster.links import AgentLink, NodeTable
 from squall.errors import InstanceLost, SquallError, TooManyRequests
+from squall.ids import new_request_id
 from squall.invoker.api import InvokeOutcome, ResponseStream
 from squall.invoker.execute import Execution
 from squall.invoker.invoker import LocalInvoker
@@ -47,7 +47,7 @@ class ClusterInvoker(LocalInvoker):
                       stream: ResponseStream | None = None) -> InvokeOutcome:
         rec = await self.resolve(function, qualifier, namespace)
         vs = self.registry.version_spec(rec)
-        rid = request_id or str(uuid.uuid4())
+        rid = request_id or new_request_id()
         span = None if self.obs.tracing is None else self.obs.tracing.begin(vs, trigger, rid)
         start_wall = time.time()
         self.in_flight += 1

@@ -19,6 +19,7 @@ import httpx
 
 from squall.errors import FunctionNotFound, SquallError, TooManyRequests
 from squall.events.retry import RetryPolicy, after_failure
+from squall.ids import new_request_id
 from squall.observability import tracing
 from squall.store import queue
 
@@ -48,7 +49,7 @@ def function_destination(dest: str | None, record: dict[str, Any], *, now: float
     """Enqueue kwargs for a ``function:NAME`` destination (in the same tenant), else None."""
     if not dest or not dest.startswith("function:"):
         return None
-    return {"id": str(uuid.uuid4()), "function": dest.removeprefix("function:"),
+    return {"id": new_request_id(), "function": dest.removeprefix("function:"),
             "namespace": namespace, "trigger": "async",
             "payload": json.dumps(record, separators=(",", ":"), default=str), "now": now,
             "source": f"destination:{record['request_id']}"}
@@ -87,7 +88,7 @@ def make_deliver(svc: EventService, spec: TriggerSpec) -> Deliver:
 
     async def deliver(events: list[dict[str, Any]]) -> bool:
         payload: Any = events[0] if spec.batch_size == 1 and len(events) == 1 else events
-        rid = str(uuid.uuid4())  # one request id for every attempt: handlers can deduplicate
+        rid = new_request_id()  # one request id for every attempt: handlers can deduplicate
         first = svc.clock()
         svc.obs.metrics.connector_delivered(spec.id, spec.type, events, first)
         attempt = 0

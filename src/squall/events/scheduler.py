@@ -21,7 +21,6 @@ import json
 import logging
 import math
 import re
-import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -30,6 +29,7 @@ from croniter import croniter
 
 from squall.errors import BadRequest
 from squall.events.queues import EventRef
+from squall.ids import new_request_id
 from squall.store import queue
 
 if TYPE_CHECKING:
@@ -213,7 +213,7 @@ class Scheduler:
         if svc.registry.get(fn, t["namespace"]) is None:
             svc.triggers.set_status(tid, "error", f"function {fn!r} does not exist")
             return
-        rid = str(uuid.uuid4())
+        rid = new_request_id()
         payload = json.dumps(scheduled_event(rid, tid, tick), separators=(",", ":"))
         event = {"id": rid, "function": fn, "namespace": t["namespace"], "trigger": "schedule",
                  "payload": payload, "now": svc.clock(), "source": tid}

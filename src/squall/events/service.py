@@ -16,7 +16,6 @@ import functools
 import json
 import logging
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
@@ -24,6 +23,7 @@ from squall.bundle.spec import FunctionConfig
 from squall.config import Settings
 from squall.errors import FunctionNotFound, InvalidJSON, NotFound, PayloadTooLarge
 from squall.events.queues import EventQueue, EventRef, QueueUnavailable, open_queue
+from squall.ids import new_request_id
 from squall.invoker.api import Invoker
 from squall.observability import Observability
 from squall.observability.tracing import current_traceparent
@@ -161,7 +161,7 @@ class EventService:
         """Enqueue a verified webhook request as a CloudEvent whose id is the request id."""
         from squall.events.webhooks import idempotency_key, webhook_event
 
-        rid = str(uuid.uuid4())
+        rid = new_request_id()
         event = webhook_event(trigger["name"], rid, method, path, headers, body)
         out = await self.submit_event(trigger["function"], event, trigger="webhook",
                                       namespace=trigger["namespace"], source=trigger["id"],
@@ -225,7 +225,7 @@ class EventService:
     async def _enqueue(self, function: str, payload: str, *, trigger: str, namespace: str,
                        source: str | None, idempotency_key: str | None,
                        request_id: str | None = None) -> tuple[str, bool]:
-        rid = request_id or str(uuid.uuid4())
+        rid = request_id or new_request_id()
         now = self.clock()
         # the submitting request's trace, continued by every attempt (squall.observability)
         tp = None if self.obs.tracing is None else current_traceparent()
@@ -288,7 +288,7 @@ class EventService:
         """Enqueue a dead letter again as a new event with a fresh retry budget."""
         dl = await self.get_dead_letter(dlq_id, namespace)
         self.record(dl["function"], dl["namespace"])
-        new_id = str(uuid.uuid4())
+        new_id = new_request_id()
         now = self.clock()
         row = await self.db.run(lambda c: queue.redrive(c, dlq_id, new_id=new_id, now=now))
         assert row is not None  # it existed a moment ago; dead letters are never deleted

@@ -22,7 +22,7 @@ from squall.bundle.spec import validate_name
 from squall.errors import Forbidden, FunctionNotFound, InvalidName, SquallError
 from squall.gateway.apigw import build_event, to_response
 from squall.gateway.stream import HttpStream
-from squall.invoker.invoker import new_request_id
+from squall.ids import new_request_id
 from squall.platform import Platform
 from squall.tenancy.model import DEFAULT_TENANT
 from squall.tenancy.model import Scope as KeyScope

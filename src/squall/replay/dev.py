@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import json
 import socket
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from squall.api.body import expects_continue, read_limited, receive_chunks
 from squall.errors import PayloadTooLarge, SquallError
 from squall.gateway.apigw import build_event, to_response
 from squall.gateway.app import split_path
+from squall.ids import new_request_id
 from squall.replay.local import LocalFunction, LocalResult
 
 MAX_BODY = 6 * 1024 * 1024  # the platform's synchronous payload limit
@@ -181,7 +181,7 @@ class HttpApp:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
-        rid = str(uuid.uuid4())
+        rid = new_request_id()
         status, headers, body = await self._serve(scope, receive, rid)
         headers.append((b"x-squall-request-id", rid.encode()))
         await send({"type": "http.response.start", "status": status, "headers": headers})

@@ -35,6 +35,7 @@ from squall.agent.sandbox.api import Limits, SandboxSpec, Usage
 from squall.agent.zygote import RUNTIME_PATHS, Zygote, ZygoteConfig
 from squall.bundle.spec import FunctionConfig, parse_config
 from squall.errors import HandlerError, InvalidConfig
+from squall.ids import new_request_id
 from squall.tenancy.secrets import references
 
 log = logging.getLogger("squall.replay.local")
@@ -217,7 +218,7 @@ class LocalFunction:
                     "log_level": self.config.log_level})
 
     async def invoke(self, event: Any, request_id: str | None = None) -> LocalResult:
-        rid = request_id or str(uuid.uuid4())
+        rid = request_id or new_request_id()
         async with self._lock:
             if self._zygote is None or self._zygote.dead:
                 # never loaded, its code does not import, or its runtime died: import again

@@ -27,13 +27,13 @@ import datetime as dt
 import json
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote_plus
 
 from squall.errors import InvalidConfig
+from squall.ids import new_request_id
 
 CREATED = ("Put", "Post", "Copy", "CompleteMultipartUpload")
 REMOVED = ("Delete",)
@@ -154,7 +154,7 @@ def notifier(change: Change, region: str,
             if not matches(t["config"], change.bucket, change.key, change.event):
                 continue
             rec = record(change, t["config"].get("region") or region, clock(), t["name"])
-            out.append({"id": str(uuid.uuid4()), "function": t["function"],
+            out.append({"id": new_request_id(), "function": t["function"],
                         "namespace": t["namespace"], "trigger": "storage", "source": t["id"],
                         "payload": json.dumps({"Records": [rec]}, separators=(",", ":"))})
         return out
