@@ -24,8 +24,10 @@ class BatchWriter(Generic[T]):
     """
 
     def __init__(self, db: Database, write: Callable[[sqlite3.Connection, list[T]], None],
-                 interval_s: float = 0.1, max_items: int = 512) -> None:
+                 interval_s: float = 0.1, max_items: int = 512, inline: bool = False) -> None:
         self._db = db
+        # a short insert of bounded size: on the event loop's thread (``Database.run_inline``)
+        self._run = db.run_inline if inline else db.run
         self._write = write
         self._interval = interval_s
         self._max = max_items
@@ -46,7 +48,7 @@ class BatchWriter(Generic[T]):
                 return
             try:
                 t0 = time.perf_counter()
-                await self._db.run(lambda conn: self._write(conn, items))
+                await self._run(lambda conn: self._write(conn, items))
                 if self.on_flush is not None:
                     self.on_flush(time.perf_counter() - t0)
             except sqlite3.Error:

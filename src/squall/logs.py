@@ -35,7 +35,7 @@ class LogSink:
                     since_trim[key] = 0
             store_logs.append_many(conn, rows, keep_per_function, trim=due)
 
-        self._batch: BatchWriter[LogRow] = BatchWriter(db, write)
+        self._batch: BatchWriter[LogRow] = BatchWriter(db, write, inline=True)
 
     def append(self, function: str, request_id: str, line: str,
                namespace: str = "default") -> None:

@@ -190,15 +190,15 @@ class TableQueue:
         svc.wake.clear()  # before the claim: a submit from now on wakes the wait below
         now = svc.clock()
         free = worker.free()
-        rows = await svc.db.run(functools.partial(queue.claim, now=now, limit=free,
-                                                  lease_s=worker.lease_s))
+        rows = await svc.db.run_inline(functools.partial(queue.claim, now=now, limit=free,
+                                                         lease_s=worker.lease_s))
         for row in rows:
             worker.start(tg, TableLease(row))
         await worker.housekeeping(now)
         if free <= 0 or len(rows) == free:
             timeout: float | None = None  # all slots busy: a finishing delivery wakes us
         else:
-            due = await svc.db.run(queue.next_due_at)
+            due = await svc.db.run_inline(queue.next_due_at)
             timeout = IDLE_WAIT_S if due is None else min(IDLE_WAIT_S, max(0.0, due - now))
         if timeout == 0.0:
             return

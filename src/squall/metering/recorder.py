@@ -12,7 +12,8 @@ from squall.store.db import Database
 
 class Recorder:
     def __init__(self, db: Database) -> None:
-        self._batch: BatchWriter[dict[str, Any]] = BatchWriter(db, store_inv.insert_many)
+        self._batch: BatchWriter[dict[str, Any]] = BatchWriter(
+            db, store_inv.insert_many, inline=True)
 
     def append(self, record: dict[str, Any]) -> None:
         self._batch.append(record)
