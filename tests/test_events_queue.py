@@ -225,3 +225,56 @@ def test_policy_from_config() -> None:
     assert (p.max_attempts, p.max_event_age_s, p.on_failure, p.on_success) == (
         6, 21600.0, "function:dlq-handler", None)
     assert expired(p, created_at=0, now=21600.5) and not expired(p, created_at=0, now=21600)
+
+
+def test_a_claim_under_load_waits_for_more_free_slots(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """With deliveries in flight and a single slot free, the dispatcher lets more slots free
+    (``CLAIM_GATHER_S``) and claims them in one transaction, not one event per transaction."""
+    from types import SimpleNamespace
+
+    from squall.events import queues
+
+    d = Database(tmp_path / "squall.db")
+    d.open()
+    for i in range(40):
+        d.run_sync(lambda c, i=i: put(c, f"e{i:02d}"))
+
+    class FakeWorker:  # 64 slots, 63 busy; 15 more finish during the gather
+        lease_s = 30.0
+
+        def __init__(self) -> None:
+            self.busy = 63
+            self.started: list[str] = []
+            self.wake = asyncio.Event()
+
+        def free(self) -> int:
+            return 64 - self.busy
+
+        def start(self, tg: asyncio.TaskGroup, lease: Any) -> None:
+            self.started.append(lease.row["id"])
+
+        async def housekeeping(self, now: float) -> None:
+            self.wake.set()  # as a delivery finishing would: the step ends after its claim
+
+    worker = FakeWorker()
+    slept: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def sleep(s: float) -> None:
+        slept.append(s)
+        worker.busy -= 15
+        await real_sleep(0)
+
+    monkeypatch.setattr(queues.asyncio, "sleep", sleep)
+
+    async def one_step() -> None:
+        worker.wake = asyncio.Event()  # of this test's loop
+        svc = SimpleNamespace(wake=worker.wake, clock=lambda: 1000.0, db=d, workers=64)
+        async with asyncio.TaskGroup() as tg:
+            await queues.TableQueue(svc).step(worker, tg)  # type: ignore[arg-type]
+
+    asyncio.run(one_step())
+    assert slept == [queues.CLAIM_GATHER_S]
+    assert worker.started == [f"e{i:02d}" for i in range(16)]  # one claim of 16, oldest first
+    d.close()

@@ -169,7 +169,8 @@ class Database:
         """The inline connection never checkpoints: at most twice a second, the db thread
         copies the WAL back into the database (PASSIVE: it waits for no writer)."""
         now = time.monotonic()
-        if self._checkpoint is not None or now - self._checkpointed < CHECKPOINT_EVERY_S:
+        running = self._checkpoint is not None and not self._checkpoint.done()
+        if running or now - self._checkpointed < CHECKPOINT_EVERY_S:
             return
         self._checkpointed = now
         self._checkpoint = asyncio.get_running_loop().create_task(self._run_checkpoint())
