@@ -105,3 +105,38 @@ def test_a_full_pool_serves_its_waiters_and_a_time_limit_still_cuts(
     r = platform.http.get("/fn/shapes/slow", params={"s": 5}, timeout=60)
     assert r.status_code == 504 and r.json()["errorType"] == "TimeoutError"
     assert call(0) == 200  # a new instance takes the killed one's place
+
+
+class _Transport:
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+
+class _Cycle:
+    """What ``head_with_body`` relies on in uvicorn's request cycle: ``send`` is its bound
+    method and it writes each message to ``self.transport`` at once, as uvicorn does."""
+
+    def __init__(self) -> None:
+        self.transport = _Transport()
+
+    async def send(self, message: dict[str, object]) -> None:
+        if message["type"] == "http.response.start":
+            self.transport.write(b"HEAD\r\n\r\n")
+        else:
+            self.transport.write(bytes(message.get("body", b"")))  # type: ignore[arg-type]
+
+
+async def test_api_responses_leave_with_head_and_first_body_chunk_in_one_write() -> None:
+    from squall.gateway.app import head_with_body
+
+    cycle = _Cycle()
+    send = head_with_body(cycle.send)
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    assert cycle.transport.writes == []  # held until the body
+    await send({"type": "http.response.body", "body": b"first", "more_body": True})
+    await send({"type": "http.response.body", "body": b"second"})
+    assert cycle.transport.writes == [b"HEAD\r\n\r\nfirst", b"second"]
+    assert isinstance(cycle.transport, _Transport)  # the real transport is back in place

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from squall.api.body import expects_continue, read_limited, receive_chunks
 from squall.api.errors import error_body, error_headers
@@ -78,24 +78,51 @@ class _Joined:
         return getattr(self._transport, name)
 
 
-async def _send_whole(send: Send, status: int, headers: list[tuple[bytes, bytes]],
-                      body: bytes) -> None:
-    """The two ASGI messages of a whole response; under uvicorn (its send is a bound method
-    of the request's cycle, which has a ``transport``), written with one write."""
+async def _send_joined(send: Send, start: Message, body: Message) -> None:
+    """A response's start and its first body message; under uvicorn (its send is a bound
+    method of the request's cycle, which has a ``transport``), written with one write."""
     cycle = getattr(send, "__self__", None)
     transport = getattr(cycle, "transport", None)
     if transport is None or not hasattr(transport, "write"):
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        await send(start)
+        await send(body)
         return
     joined = _Joined(transport)
     cycle.transport = joined  # type: ignore[union-attr]
     try:
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        await send(start)
+        await send(body)
     finally:
         cycle.transport = transport  # type: ignore[union-attr]
         joined.flush()
+
+
+async def _send_whole(send: Send, status: int, headers: list[tuple[bytes, bytes]],
+                      body: bytes) -> None:
+    """The two ASGI messages of a whole response, in one write."""
+    await _send_joined(send, {"type": "http.response.start", "status": status,
+                              "headers": headers}, {"type": "http.response.body", "body": body})
+
+
+def head_with_body(send: Send) -> Send:
+    """``send`` for an app whose responses should leave with their head and first body chunk
+    in one write (the control API, S3, Lambda's API): the start is held until the body."""
+    held: Message | None = None
+
+    async def joined(message: Message) -> None:
+        nonlocal held
+        if message["type"] == "http.response.start":
+            held = message
+            return
+        if held is not None:
+            start, held = held, None
+            if message["type"] == "http.response.body":
+                await _send_joined(send, start, message)
+                return
+            await send(start)
+        await send(message)
+
+    return joined
 
 
 class Gateway:
@@ -108,7 +135,8 @@ class Gateway:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         target = split_path(scope["path"]) if scope["type"] == "http" else None
         if target is None:
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, head_with_body(send) if scope["type"] == "http"
+                           else send)
             return
         rid = new_request_id()
         stream = HttpStream(send, receive, rid)
