@@ -321,8 +321,14 @@ def test_memory_quota_evicts_idle_then_refuses(platform: PlatformProc,
             f"/api/v1/functions/{n}/invocations", json={"sleep": 2}))) for n in ("a", "b")]
         for th in threads:
             th.start()
-        wait_for(lambda: platform.http.get("/api/v1/tenants/mem").json()["usage"][
-            "concurrent_executions"] == 2, message="two busy instances")
+        try:
+            wait_for(lambda: platform.http.get("/api/v1/tenants/mem").json()["usage"][
+                "concurrent_executions"] == 2, message="two busy instances")
+        except AssertionError as exc:  # say what the two invocations got
+            for th in threads:
+                th.join()
+            raise AssertionError(f"{exc}; the two answered "
+                                 f"{[(x.status_code, x.text[:200]) for x in results]}") from None
         r = c.post("/api/v1/functions/c/invocations", json={"sleep": 0})
         for th in threads:
             th.join()
