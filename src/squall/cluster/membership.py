@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
+import time
 from typing import Any
 
 from squall.cluster.links import AgentLink, NodeTable
@@ -20,6 +22,7 @@ log = logging.getLogger("squall.cluster")
 
 NAMESPACE = "squall"
 REFRESH_S = 1.0
+AGENT_START_S = 150.0  # a node agent's start, its sandbox check included
 
 
 def _reachable(address: str) -> None:
@@ -47,6 +50,9 @@ class RayMembership:
         self.nodes = nodes
         self.actors: dict[str, Any] = {}
         self._connecting: set[str] = set()
+        # set by ``close``: a thread still waiting for an agent to start gives up within a
+        # second, so that stopping the gateway never waits on a node that will not answer
+        self._closing = threading.Event()
 
     def connect(self) -> None:
         """Join the Ray cluster as a driver (blocking; called once at startup)."""
@@ -127,14 +133,22 @@ class RayMembership:
                 scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
             ).remote(node_id, self.settings.sandbox, self.settings.agent_dir)
             self.actors[node_id] = actor
+        started = actor.start.remote()
+        deadline = time.monotonic() + AGENT_START_S
         try:
-            address: dict[str, Any] = ray.get(actor.start.remote(), timeout=150)
+            while not ray.wait([started], timeout=1.0)[0]:
+                if self._closing.is_set():
+                    raise RuntimeError("the gateway is stopping")
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"the agent did not start in {AGENT_START_S:g} s")
+            address: dict[str, Any] = ray.get(started)
         except Exception:
             self.actors.pop(node_id, None)
             raise
         return address
 
     def close(self) -> None:
+        self._closing.set()
         with contextlib.suppress(Exception):
             import ray
 
