@@ -315,6 +315,9 @@ async def test_publish_n_delivered_exactly_once_and_acked(broker: Broker) -> Non
     async with running(spec(broker), rec):
         await broker.publish(list(range(20)))
         await eventually(lambda: len(rec.events) >= 20, "20 deliveries")
+        # while the connector still runs: it acks after ``deliver`` returns, and stopping it
+        # between the two would leave an ack unsent (the broker would redeliver the message)
+        await eventually(broker.all_acked, "all messages acknowledged on the broker")
     values = sorted(broker.value(e) for e in rec.events)
     assert values == list(range(20))
     assert all(len(b) == 1 for b in rec.batches)
@@ -322,7 +325,6 @@ async def test_publish_n_delivered_exactly_once_and_acked(broker: Broker) -> Non
     assert ev["specversion"] == "1.0" and ev["id"] and ev["source"] and ev["time"]
     assert ev["type"].startswith(f"io.squall.{broker.kind}.")
     assert len({e["id"] for e in rec.events}) == 20
-    await eventually(broker.all_acked, "all messages acknowledged on the broker")
 
 
 async def test_unhandled_delivery_is_redelivered(broker: Broker) -> None:
@@ -331,10 +333,10 @@ async def test_unhandled_delivery_is_redelivered(broker: Broker) -> None:
         await broker.publish([1, 2, 3])
         await eventually(lambda: {broker.value(e) for e in rec.events} == {1, 2, 3},
                          "1, 2, 3 handled after two unhandled deliveries")
+        await eventually(broker.all_acked, "all messages acknowledged on the broker")
     assert len(rec.failed) == 1
     # The message whose delivery failed came back and was handled.
     assert broker.value(rec.failed[0][0]) in {broker.value(e) for e in rec.events}
-    await eventually(broker.all_acked, "all messages acknowledged on the broker")
 
 
 async def test_batch_size_gives_lists(broker: Broker) -> None:
@@ -345,10 +347,10 @@ async def test_batch_size_gives_lists(broker: Broker) -> None:
         await eventually(lambda: rec.calls >= 1, "first delivery started")
         rec.gate.set()
         await eventually(lambda: len(rec.events) >= 12, "12 deliveries")
+        await eventually(broker.all_acked, "all messages acknowledged on the broker")
     assert sorted(broker.value(e) for e in rec.events) == list(range(12))
     assert max(len(b) for b in rec.batches) > 1
     assert all(len(b) <= 5 for b in rec.batches)
-    await eventually(broker.all_acked, "all messages acknowledged on the broker")
 
 
 UNREACHABLE: dict[str, dict[str, Any]] = {
@@ -399,12 +401,12 @@ async def test_redis_concurrency_limit_and_pending_recovery() -> None:
             await eventually(lambda: rec.in_flight == 3, "three deliveries in flight")
             rec.gate.set()
             await eventually(lambda: len(rec.events) >= 6, "6 deliveries")
+            await eventually(b.all_acked, "no pending entries")
         assert rec.max_in_flight == 3
         assert sorted(b.value(e) for e in rec.events) == [0, 1, 2, 3, 4, 5]
         claimed = [e for e in rec.events if b.value(e) in (0, 1)]
         assert all(e["deliveryattempt"] == 2 for e in claimed)
         assert all(e["redisid"] and e["id"].endswith(e["redisid"]) for e in rec.events)
-        await eventually(b.all_acked, "no pending entries")
     finally:
         await b.cleanup()
 
@@ -424,6 +426,7 @@ async def test_postgres_changes_survive_downtime_and_carry_ops() -> None:
         await b.conn.execute(f"DELETE FROM {b.table} WHERE n = 8")
         async with running(spec(b), rec):
             await eventually(lambda: len(rec.events) >= 3, "3 change events")
+            await eventually(b.all_acked, "outbox empty")
         ops = [(e["pgop"], e["data"]["row"], e["data"]["old"]) for e in rec.events]
         assert [op for op, _, _ in ops] == ["INSERT", "UPDATE", "DELETE"]
         assert ops[0][1]["n"] == 7 and ops[0][2] is None
@@ -431,7 +434,6 @@ async def test_postgres_changes_survive_downtime_and_carry_ops() -> None:
         assert ops[2][1] is None and ops[2][2]["n"] == 8
         assert all(e["pgtable"] == b.table and e["subject"] == f"public.{b.table}"
                    for e in rec.events)
-        await eventually(b.all_acked, "outbox empty")
     finally:
         await b.cleanup()
 
