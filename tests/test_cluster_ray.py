@@ -210,9 +210,6 @@ def test_node_killed_under_load(gateway: PlatformProc, cluster: tuple[Any, str],
     ray.add_node(num_cpus=1)
     wait_for(lambda: len(_up(p)) == 3, timeout=120, message="an agent on the new node")
     assert p.invoke("steady", {"n": -1}).status_code == 200
-    # SIGTERM stops the gateway by itself: no thread left waiting on the dead node's agent
-    # (one used to hold the exit until its 150 s wait ran out; the test's stop killed it)
-    assert p.stop(timeout=25) == 0
 
 
 @pytest.mark.parametrize("address, env, code", [

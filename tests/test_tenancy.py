@@ -317,8 +317,10 @@ def test_memory_quota_evicts_idle_then_refuses(platform: PlatformProc,
         usage = platform.http.get("/api/v1/tenants/mem").json()["usage"]
         assert usage["memory_mb"] <= 256
         results: list[httpx.Response] = []
+        # 4 s each, so that both are seen running together even when one of them is slow to
+        # arrive on a loaded machine (2 s once left no moment with both in flight)
         threads = [threading.Thread(target=lambda n=n: results.append(c.post(
-            f"/api/v1/functions/{n}/invocations", json={"sleep": 2}))) for n in ("a", "b")]
+            f"/api/v1/functions/{n}/invocations", json={"sleep": 4}))) for n in ("a", "b")]
         for th in threads:
             th.start()
         try:
