@@ -133,9 +133,9 @@ class RayMembership:
                 scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
             ).remote(node_id, self.settings.sandbox, self.settings.agent_dir)
             self.actors[node_id] = actor
-        started = actor.start.remote()
         deadline = time.monotonic() + AGENT_START_S
         try:
+            started = actor.start.remote()
             while not ray.wait([started], timeout=1.0)[0]:
                 if self._closing.is_set():
                     raise RuntimeError("the gateway is stopping")
