@@ -22,6 +22,11 @@ class Settings:
     # listen with SO_REUSEPORT: several `squall up` on one shared store (PostgreSQL) serve one
     # port, the kernel spreading connections over them (more cores for the gateways)
     reuse_port: bool = False
+    # gateway processes serving this data dir (SO_REUSEPORT on one port; squall.workers): the
+    # first runs everything, the others serve requests and deliver async events
+    workers: int = 1
+    # which of them this process is (0: the first; set by squall.workers, not by users)
+    worker_index: int = 0
     data_dir: Path = field(default_factory=lambda: Path(".squall"))
     # the store: "" is SQLite in the data dir; postgresql://user@host/db is a PostgreSQL store
     # that any number of gateways share (each with a data dir of its own, the same master key)

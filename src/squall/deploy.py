@@ -201,7 +201,7 @@ class Deployer:
             def delete(conn: Any) -> list[str]:
                 store_fn.delete_function(conn, namespace, name)
                 store_logs.delete_function(conn, namespace, name)
-                if self.registry.db.shared:
+                if self.registry.bundles is not None:  # bundles travel through the store
                     store_bundles.delete_unused(conn)
                 return [r.sha256 for r in versions if not store_fn.bundle_in_use(conn, r.sha256)]
 

@@ -34,6 +34,7 @@ class Platform:
     obs: Observability | None = None  # metrics and tracing (squall.observability)
     identity: Identity | None = None  # tenants, keys, secrets, quotas (squall.tenancy)
     cluster: Any = None  # squall.cluster.membership.RayMembership with --cluster
+    follow: Any = None  # squall.workers.Follow with --workers > 1
 
 
 def platform_of(app_state: Any) -> Platform:

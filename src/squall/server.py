@@ -14,6 +14,7 @@ from types import FrameType
 from typing import Any
 
 import uvicorn
+from prometheus_client import generate_latest
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute
 
@@ -32,7 +33,7 @@ from squall.api.errors import HANDLERS
 from squall.bundle.shared import BundleCache
 from squall.config import Settings
 from squall.deploy import Deployer
-from squall.errors import ServiceUnavailable, SquallError
+from squall.errors import BadRequest, ServiceUnavailable, SquallError
 from squall.gateway.app import Gateway
 from squall.invoker.invoker import LocalInvoker
 from squall.lambda_api.app import LambdaGateway
@@ -50,6 +51,8 @@ from squall.store.db import Database, open_database
 from squall.tenancy.crypto import Sealer, load_master_key
 from squall.tenancy.secrets import finish_rotation, references
 from squall.tenancy.service import Identity
+from squall.tokens import SharedLimits
+from squall.workers import Follow, MetricsShare, ReadYourWrites, Workers
 
 log = logging.getLogger("squall")
 
@@ -92,10 +95,15 @@ def build(settings: Settings) -> tuple[Platform, Any]:
     """Create every part and the ASGI app. The database is opened (and migrated) here."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     db = open_database(settings.store, settings.data_dir)
+    if settings.workers > 1:  # the data dir's other workers write it too (squall.workers)
+        db.shared = True
+    if settings.worker_index > 0:  # worker 0 took back what the last run left running
+        db.recovers = False
     db.open()
     backend, warnings = choose_backend(settings)
     registry = Registry(db, settings.data_dir)
-    if db.shared:  # other gateways deploy too: their bundles come through the store
+    if db.shared and db.dialect != "sqlite":  # other gateways deploy too: their bundles come
+        # through the store (a data dir's workers share its bundles folder)
         registry.bundles = BundleCache(db, registry.bundles_dir, registry.envs_dir,
                                        max_bytes=settings.max_bundle_bytes,
                                        max_files=settings.max_bundle_files)
@@ -108,6 +116,13 @@ def build(settings: Settings) -> tuple[Platform, Any]:
                         invoker=invoker, deployer=deployer, recorder=recorder, logs=logs,
                         sandbox_backend=backend.name, sandbox_warnings=warnings)
     identity = _wire_identity(platform)
+    if settings.workers > 1:  # limits that hold across the data dir's workers
+        root = settings.data_dir / "limits"
+        if settings.worker_index == 0:  # the others start after this, under its lock
+            SharedLimits.reset(root)
+        shared = SharedLimits(root, settings.worker_index, settings.workers)
+        agent.shared = identity.quotas.shared = shared
+        platform.follow = Follow(db, shared)
     if settings.cluster:
         _wire_cluster(platform, identity)
     endpoints = [*api_functions.ENDPOINTS, *api_tenancy.ENDPOINTS, *api_aliases.ENDPOINTS]
@@ -125,6 +140,10 @@ def build(settings: Settings) -> tuple[Platform, Any]:
             platform.events.leases = Leases(db)
         endpoints.extend(api_events.ENDPOINTS)
     observability.attach(platform)
+    if settings.workers > 1 and platform.obs is not None:  # /metrics: every worker's figures
+        metrics = platform.obs.metrics
+        metrics.share = MetricsShare(settings.data_dir / "limits", settings.worker_index,
+                                     settings.workers, lambda: generate_latest(metrics.registry))
     endpoints.extend(api_observability.ENDPOINTS)
     replay_capture.attach(platform)
     endpoints.extend(api_replay.ENDPOINTS)
@@ -133,8 +152,10 @@ def build(settings: Settings) -> tuple[Platform, Any]:
     routes: list[BaseRoute] = list(api_routes.routes(endpoints))
     app = Starlette(routes=routes, exception_handlers=HANDLERS)
     app.state.platform = platform
-    return platform, observability.edge(platform, LambdaGateway(Gateway(app, platform),
-                                                                platform))
+    served: Any = LambdaGateway(Gateway(app, platform), platform)
+    if platform.follow is not None:  # a write answered here is served by every worker
+        served = ReadYourWrites(served, platform.follow)
+    return platform, observability.edge(platform, served)
 
 
 def _invoker(settings: Settings) -> type[LocalInvoker]:
@@ -232,7 +253,9 @@ async def _startup(platform: Platform) -> None:
 
 
 async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
-    lock_fd = lock_data_dir(settings)
+    check_workers(settings)
+    first = settings.worker_index == 0
+    lock_fd = lock_data_dir(settings) if first else None  # worker 0 holds it for all
     platform, app = build(settings)
     for warning in platform.sandbox_warnings:
         log.warning("WARNING: %s", warning)
@@ -248,7 +271,9 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
                             timeout_graceful_shutdown=int(
                                 settings.shutdown_grace_s), backlog=4096)
     server = _Server(config)
-    sockets = [_shared_listener(settings, platform)] if settings.reuse_port else None
+    shared_port = settings.reuse_port or settings.workers > 1
+    sockets = [_shared_listener(settings, platform)] if shared_port else None
+    workers = Workers(settings, platform.follow) if first and settings.workers > 1 else None
     if platform.cluster is not None:  # blocking, once: join Ray as a driver
         platform.cluster.connect()
     try:
@@ -262,7 +287,10 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
             assert platform.identity is not None
             background.append(tg.create_task(platform.identity.run()))
             if platform.events is not None:  # after the registry is loaded
-                background.append(tg.create_task(platform.events.run()))
+                await platform.events.queue.recover()
+                background.append(tg.create_task(platform.events.run(recover=False)))
+            if workers is not None:  # the store is migrated and recovered: the others may go
+                workers.start()
             if platform.cluster is not None:  # one node agent per Ray node, links to each
                 background.append(tg.create_task(platform.cluster.run()))
             if platform.db.shared:  # follow what other gateways change in the store
@@ -271,8 +299,10 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
             if platform.invoker.capture is not None:
                 background.append(tg.create_task(platform.invoker.capture.run()))
             stop_s3 = asyncio.Event()
-            tg.create_task(serve_s3(settings, platform, stop_s3))
-            print(f"squall: serving on {'https' if tls else 'http'}://{settings.host}:"
+            if first:
+                tg.create_task(serve_s3(settings, platform, stop_s3))
+            who = f"worker {settings.worker_index} " if not first else ""
+            print(f"squall: {who}serving on {'https' if tls else 'http'}://{settings.host}:"
                   f"{settings.port} "
                   f"(data dir {settings.data_dir}, sandbox {platform.sandbox_backend}, "
                   f"pid {os.getpid()})", file=sys.stderr, flush=True)
@@ -281,11 +311,15 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
             # uvicorn handles SIGINT/SIGTERM: stops accepting, waits for in-flight requests up
             # to the graceful deadline, returns; its signal handlers are restored afterwards.
             await server.serve(sockets=sockets)
+            if workers is not None:  # they finish their in-flight requests too
+                await workers.stop(settings.shutdown_grace_s)
             stop_s3.set()
             await platform.agent.shutdown()
             for task in background:
                 task.cancel()
     finally:
+        if workers is not None:  # a failed start: none may serve on without worker 0
+            await workers.stop(0)
         if platform.events is not None:
             await platform.events.close()
         observability.close(platform)
@@ -297,8 +331,21 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
                 close()
         with contextlib.suppress(Exception):
             platform.db.close()
-        os.close(lock_fd)
-    print("squall: stopped", file=sys.stderr, flush=True)
+        if lock_fd is not None:
+            os.close(lock_fd)
+    print(f"squall: {'worker ' + str(settings.worker_index) + ' ' if not first else ''}stopped",
+          file=sys.stderr, flush=True)
+
+
+def check_workers(settings: Settings) -> None:
+    """--workers: 1 or more, and not with --cluster (whose gateways share a PostgreSQL store
+    and run instances on Ray's nodes: start several `squall up --reuse-port` there)."""
+    if settings.workers < 1:
+        raise BadRequest(f"--workers must be 1 or more, got {settings.workers}",
+                         code="invalid_workers")
+    if settings.workers > 1 and settings.cluster:
+        raise BadRequest("--workers is for one machine; with --cluster start several `squall "
+                         "up --reuse-port` on the same --store instead", code="invalid_workers")
 
 
 def _shared_listener(settings: Settings, platform: Platform) -> socket.socket:

@@ -4,7 +4,8 @@ What the hot path reads without a database round trip - the registry's functions
 identity's tenants, keys and secrets, the alias table, the scheduler's schedules - is written
 through by the gateway that changes it. A gateway sharing the store (PostgreSQL) hears of the
 change from ``Database.watch`` (LISTEN/NOTIFY, sent by the store at commit) and reloads the part
-that changed here. On SQLite one process owns the store and this never runs.
+that changed here. On SQLite the workers of one data dir (``squall up --workers``) hear of it
+through the store's change feed (``squall.store.changes``); with one process this never runs.
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ IDENTITY_TABLES = frozenset({"tenants", "api_keys", "secrets"})
 
 async def run(platform: Platform) -> None:
     """Until cancelled: refresh after every batch of changes made by other gateways."""
-    await platform.db.watch(lambda tables: refresh(platform, tables))
+    follow = platform.follow
+    await platform.db.watch(lambda tables: refresh(platform, tables),
+                            None if follow is None else follow.seen)
 
 
 async def refresh(platform: Platform, tables: frozenset[str]) -> None:

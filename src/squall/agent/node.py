@@ -38,6 +38,7 @@ from squall.scaling.autoscaler import (
 
 if TYPE_CHECKING:
     from squall.tenancy.model import TenantLimits
+    from squall.tokens import SharedLimits
 
 log = logging.getLogger("squall.agent")
 
@@ -140,6 +141,8 @@ class Agent:
         self._armer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="squall-arm")
         # the tenants' quotas (squall.tenancy), set by the server; None: no limits
         self.tenant_limits: Callable[[str], TenantLimits] | None = None
+        # --workers > 1: the limits that hold across the data dir's workers (squall.tokens)
+        self.shared: SharedLimits | None = None
 
     # -- versions ---------------------------------------------------------------------------
 
@@ -170,6 +173,9 @@ class Agent:
                                  keep_alive_s=cfg.keep_alive_s,
                                  queue_wait_s=self.settings.queue_wait_s)
             slot = _Slot(vs, Pool(vs.key, pool_spec, self._starter(vs)), sandbox)
+            if self.shared is not None:
+                slot.pool.tokens = self.shared.slots("version", vs.key,
+                                                     cfg.max_instances * cfg.concurrency)
             slot.pool.observer = slot.load.observe
             self._slots[vs.key] = slot
         return slot
@@ -222,7 +228,28 @@ class Agent:
             self.tenant_limits(vs.namespace).max_memory_mb
         if limit is None:
             return
-        used = self.tenant_memory_mb(vs.namespace)
+        if self.shared is None:
+            self._fit(vs, limit, 0)
+            return
+        tally = self.shared.tally(vs.namespace)  # the other workers' instances count too
+        tally.lock()
+        try:
+            self._fit(vs, limit, tally.others())
+            tally.set(self.tenant_memory_mb(vs.namespace))
+        finally:
+            tally.unlock()
+
+    def publish_memory(self) -> None:
+        """--workers: tell the other workers what this one's instances of each tenant with a
+        memory limit hold now (after instances stopped; ``_admit`` adds new ones at once)."""
+        if self.shared is None or self.tenant_limits is None:
+            return
+        for namespace in {slot.spec.namespace for slot in self._slots.values()}:
+            if self.tenant_limits(namespace).max_memory_mb is not None:
+                self.shared.tally(namespace).set(self.tenant_memory_mb(namespace))
+
+    def _fit(self, vs: VersionSpec, limit: int, elsewhere: int) -> None:
+        used = self.tenant_memory_mb(vs.namespace) + elsewhere
         if used <= limit:
             return
         others = [s for s in self._slots.values()
@@ -371,6 +398,7 @@ class Agent:
                     slot.pool.detach(expired)
                     self._stop_later(slot, expired)
                 self._autoscale(slot, now)
+            self.publish_memory()
             if ticks % 10 == 0:
                 await self._trim_zygotes()
 

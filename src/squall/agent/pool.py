@@ -17,6 +17,10 @@ from dataclasses import dataclass
 
 from squall.agent.instance import Instance
 from squall.errors import TooManyRequests
+from squall.tokens import Slots
+
+TOKEN_POLL_FIRST_S = 0.001
+TOKEN_POLL_MAX_S = 0.016
 
 
 @dataclass
@@ -61,6 +65,8 @@ class Pool:
         self.observer: Callable[[int], None] | None = None
         self._drained = asyncio.Event()
         self._drained.set()
+        # the version's cross-worker tokens (squall.tokens), with --workers > 1
+        self.tokens: Slots | None = None
 
     @property
     def size(self) -> int:
@@ -91,6 +97,33 @@ class Pool:
     async def acquire(self) -> tuple[Instance, bool]:
         """Return (instance, cold). Raises TooManyRequests after ``queue_wait_s`` at capacity."""
         deadline = self._clock() + self.spec.queue_wait_s
+        if self.tokens is not None:
+            await self._token(deadline)
+            try:
+                return await self._acquire(deadline)
+            except BaseException:
+                self.tokens.give()
+                raise
+        return await self._acquire(deadline)
+
+    async def _token(self, deadline: float) -> None:
+        """Several workers (squall.tokens): one of the version's tokens before an instance, so
+        the version's executions across them stay within max_instances x concurrency. A token
+        another worker holds comes back without a word to this one: look again every few ms."""
+        assert self.tokens is not None
+        self.tokens.n = self.spec.max_instances * self.spec.concurrency
+        pause = TOKEN_POLL_FIRST_S
+        while not self.tokens.take():
+            remaining = deadline - self._clock()
+            if remaining <= 0:
+                raise TooManyRequests(
+                    f"all {self.spec.max_instances} instances of {self.key} are busy (across "
+                    f"the platform's workers); retry later or raise max_instances",
+                    retry_after_s=1)
+            await asyncio.sleep(min(pause, remaining))
+            pause = min(TOKEN_POLL_MAX_S, pause * 2)
+
+    async def _acquire(self, deadline: float) -> tuple[Instance, bool]:
         while True:
             if not self._queued():  # else the free slots go to those who came first
                 inst = self._pick()
@@ -118,8 +151,8 @@ class Pool:
                 given = await fut
             except asyncio.CancelledError:
                 handed = fut.result() if fut.done() and not fut.cancelled() else None
-                if handed is not None:
-                    self.release(handed)  # reserved for us as we were cancelled: give it back
+                if handed is not None:  # reserved for us as we were cancelled: give it back
+                    self._release(handed)  # (the token goes back in ``acquire``)
                 raise
             finally:
                 timer.cancel()
@@ -165,6 +198,11 @@ class Pool:
         return inst
 
     def release(self, inst: Instance) -> None:
+        if self.tokens is not None:
+            self.tokens.give()
+        self._release(inst)
+
+    def _release(self, inst: Instance) -> None:
         iid = inst.id
         held = self.reserved.get(iid, 0)
         if held > 1:

@@ -65,11 +65,15 @@ def cli(ctx: click.Context, url: str | None, api_key: str | None, data_dir: str 
               help="Share --port with other `squall up` on this machine (SO_REUSEPORT; the "
                    "kernel spreads connections over them). They must share one --store "
                    "postgresql://... and SQUALL_MASTER_KEY (env SQUALL_REUSE_PORT).")
+@click.option("--workers", type=int, default=None, metavar="N",
+              help="Gateway processes serving this data dir on one port (SO_REUSEPORT), so "
+                   "requests use more than one core; limits hold across them (env "
+                   "SQUALL_WORKERS; default 1).")
 @click.pass_context
 def up(ctx: click.Context, host: str | None, port: int | None, data_dir: Path | None,
        sandbox: str | None, tls_cert: str | None, tls_key: str | None,
        s3_port: int | None, store: str | None, cluster: str | None,
-       queue: str | None, reuse_port: bool | None) -> None:
+       queue: str | None, reuse_port: bool | None, workers: int | None) -> None:
     """Start the platform in the foreground (Ctrl-C or SIGTERM stops it gracefully)."""
     from squall.config import Settings
     from squall.server import run
@@ -80,7 +84,8 @@ def up(ctx: click.Context, host: str | None, port: int | None, data_dir: Path | 
     data_dir = data_dir or (Path(root["data_dir"]) if root.get("data_dir") else None)
     run(Settings.from_env(host=host, port=port, data_dir=data_dir, sandbox=sandbox,
                           tls_cert=tls_cert, tls_key=tls_key, s3_port=s3_port, store=store,
-                          cluster=cluster, queue=queue, reuse_port=reuse_port))
+                          cluster=cluster, queue=queue, reuse_port=reuse_port,
+                          workers=workers))
 
 
 @cli.command()

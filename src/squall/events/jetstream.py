@@ -314,7 +314,7 @@ class JetStreamQueue:
         published again under a fresh message id (its old message would only come back after
         AckWait; when it does, it finds the row finished, or claims it if it is due)."""
         svc = self.svc
-        if svc.db.shared:
+        if not svc.db.recovers:
             return  # those are other gateways' live work, or come back after AckWait
 
         def take(c: Any) -> list[dict[str, Any]]:

@@ -177,9 +177,10 @@ class TableQueue:
 
     async def recover(self) -> None:
         svc = self.svc
-        # A shared store: the running events may be other gateways' live work; those of a
-        # gateway that died are claimed again when their lease runs out.
-        requeued = 0 if svc.db.shared else await svc.db.run(
+        # A shared store, or a worker of a data dir: the running events may be other gateways'
+        # or workers' live work; those of one that died are claimed again when their lease runs
+        # out.
+        requeued = 0 if not svc.db.recovers else await svc.db.run(
             lambda c: queue.recover(c, now=svc.clock()))
         if requeued:
             log.info("requeued %d async events interrupted by the previous shutdown", requeued)

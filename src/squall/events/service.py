@@ -113,9 +113,11 @@ class EventService:
     async def close(self) -> None:
         await self.queue.close()
 
-    async def run(self) -> None:
-        """Recover leases of the previous process, then run worker, scheduler and triggers."""
-        await self.queue.recover()
+    async def run(self, *, recover: bool = True) -> None:
+        """Recover leases of the previous process (unless the caller did), then run worker,
+        scheduler and triggers."""
+        if recover:
+            await self.queue.recover()
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self.worker.run(), name="events-worker")
             tg.create_task(self.scheduler.run(), name="events-scheduler")

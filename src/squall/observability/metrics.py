@@ -25,7 +25,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
+from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
 
 if TYPE_CHECKING:
     from squall.agent.node import VersionSpec
@@ -42,6 +44,13 @@ FLUSH_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0
 MAX_ERROR_TYPES = 20  # distinct errorType values per function before they count as "other"
 FN = ("tenant", "function")
 FNV = ("tenant", "function", "version")
+
+
+class Share(Protocol):
+    """The other workers' expositions, each as of its last second (squall.workers)."""
+
+    def peers(self) -> list[str]: ...
+    async def run(self) -> None: ...
 
 
 class AgentView(Protocol):
@@ -86,6 +95,8 @@ class _Bound:
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        # --workers: the other workers' expositions (squall.workers.MetricsShare)
+        self.share: Share | None = None
         r = self.registry
         self.invocations = Counter(
             "squall_invocations", "Invocations that ran, by outcome (succeeded, failed, "
@@ -207,12 +218,59 @@ class Metrics:
 
     def render(self, tenant: str | None = None) -> bytes:
         """The text exposition; with ``tenant``, only that tenant's series (a tenant's key
-        must not see other tenants' function names) and no platform-wide ones."""
+        must not see other tenants' function names) and no platform-wide ones. With
+        ``share`` (the other workers' latest expositions, ``--workers``), the platform's
+        whole: see ``merge``."""
+        source: Any = self.registry
+        if self.share is not None:
+            source = _Families(merge(generate_latest(self.registry).decode(),
+                                     self.share.peers()))
         if tenant is None:
-            return generate_latest(self.registry)
+            if source is self.registry:
+                return generate_latest(self.registry)
+            view = CollectorRegistry(auto_describe=False)
+            view.register(source)
+            return generate_latest(view)
         view = CollectorRegistry(auto_describe=False)
-        view.register(_TenantView(self.registry, tenant))
+        view.register(_TenantView(source, tenant))
         return generate_latest(view)
+
+
+# Read from the shared store by the worker that answers the scrape, just before: its own
+# figures are the platform's, and the others' (as old as their last scrape) are not added.
+STORE_FAMILIES = frozenset({"squall_async_queue_depth", "squall_async_queue_oldest_age_seconds"})
+
+
+def merge(own: str, peers: list[str]) -> list[Metric]:
+    """One worker's exposition and the others' as one platform's: counters, histograms and
+    per-process gauges (instances, zygotes) are summed series by series; ``_created`` times
+    take the earliest; the store's figures (``STORE_FAMILIES``) are this worker's alone."""
+    families: dict[str, Metric] = {}
+    values: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
+    for index, text in enumerate([own, *peers]):
+        for family in text_string_to_metric_families(text):
+            if index and family.name in STORE_FAMILIES:
+                continue
+            kept = families.setdefault(family.name, family)
+            series = values.setdefault(family.name, {})
+            earliest = family.name.endswith("_created")
+            for sample in family.samples:
+                key = (sample.name, tuple(sorted(sample.labels.items())))
+                seen = series.get(key)
+                series[key] = sample.value if seen is None else (
+                    min(seen, sample.value) if earliest else seen + sample.value)
+            kept.samples = []
+    for name, family in families.items():
+        family.samples = [Sample(n, dict(labels), v) for (n, labels), v in values[name].items()]
+    return list(families.values())
+
+
+class _Families(Collector):
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self.families)
 
 
 def message_age(event: dict[str, Any], now: float) -> float | None:
@@ -294,7 +352,7 @@ class _ScrapeState(Collector):
 
 
 class _TenantView(Collector):
-    def __init__(self, source: CollectorRegistry, tenant: str) -> None:
+    def __init__(self, source: CollectorRegistry | Collector, tenant: str) -> None:
         self.source = source
         self.tenant = tenant
 

@@ -45,6 +45,8 @@ async def run(platform: Platform) -> None:
         tg.create_task(watch_loop_lag(platform.obs.metrics), name="loop-lag")
         tg.create_task(prune_forever(platform.db, platform.settings.invocation_retention_days),
                        name="history-prune")
+        if platform.obs.metrics.share is not None:
+            tg.create_task(platform.obs.metrics.share.run(), name="metrics-share")
 
 
 def close(platform: Platform) -> None:

@@ -79,9 +79,13 @@ def open_database(store: str, data_dir: Path) -> Database:
 class Database:
     """Owns the connection. ``run`` executes a function with the connection on the db thread."""
 
-    # Other processes write the same store (gateways of a cluster): caches must follow
-    # ``watch``, bundles travel through the store, startup must not take over others' leases.
+    # Other processes write the same store (gateways of a cluster, or the workers of one data
+    # dir, ``squall up --workers``): caches must follow ``watch``.
     shared = False
+    # This process takes back at startup what the previous run left running (the async queue's
+    # leases): the store's only process, or the first of a data dir's workers. A gateway of a
+    # store others share, or a worker, never does: running rows may be another's live work.
+    recovers = True
     dialect = "sqlite"
     # the event loop's own connection (``run_inline``); None: everything goes to the db thread
     _inline: sqlite3.Connection | None = None
@@ -117,7 +121,9 @@ class Database:
             "CREATE TABLE IF NOT EXISTS schema_migrations (id TEXT PRIMARY KEY, applied_at REAL)"
         )
         done = {row[0] for row in conn.execute("SELECT id FROM schema_migrations")}
-        for mig_id, sql in _all_migrations():
+        from squall.store.changes import SQLITE_SCHEMA
+
+        for mig_id, sql in [*_all_migrations(), *SQLITE_SCHEMA]:
             if mig_id in done:
                 continue
             conn.execute("BEGIN")
@@ -204,11 +210,35 @@ class Database:
         self._executor.submit(_close).result()
         self._executor.shutdown(wait=True)
 
-    async def watch(self, on_change: OnChange) -> None:
+    async def watch(self, on_change: OnChange,
+                    on_seen: Callable[[int], None] | None = None) -> None:
         """Until cancelled, await ``on_change(tables)`` whenever another process changed rows
-        of those tables, so that in-memory caches can reload. SQLite: one process owns the
-        file (the data-dir lock), nothing changes behind its back, so this only waits."""
-        await asyncio.Event().wait()
+        of those tables, so that in-memory caches can reload. SQLite: the counters of
+        ``squall.store.changes``, read every ``POLL_S``; every watched table is reported once
+        at the start (what changed before this began); ``on_seen(total)`` follows each
+        refresh with the sum of the counters it caught up with. Not shared: one process owns
+        the file (the data-dir lock), nothing changes behind its back, so this only waits."""
+        from squall.store import changes
+
+        if not self.shared:
+            await asyncio.Event().wait()
+        seen: dict[str, int] = {}
+        while True:
+            try:
+                now = await self.run(changes.counters)
+            except sqlite3.Error:  # the next poll tries again
+                log.exception("reading the store's change counters failed")
+                now = seen
+            moved = frozenset(t for t, n in now.items() if seen.get(t) != n)
+            seen = now
+            if moved:
+                try:
+                    await on_change(moved)
+                except Exception:  # a failed refresh must not stop the next ones
+                    log.exception("refreshing after changes to %s failed", sorted(moved))
+            if on_seen is not None:
+                on_seen(sum(now.values()))
+            await asyncio.sleep(changes.POLL_S)
 
 
 class transaction:

@@ -247,6 +247,7 @@ class PgDatabase(Database):
     ``run(fn)`` calls ``fn(conn)`` on the one db thread of this process."""
 
     shared = True
+    recovers = False
     dialect = "postgresql"
 
     def __init__(self, url: str) -> None:
@@ -318,7 +319,8 @@ class PgDatabase(Database):
         self._executor.submit(_close).result()
         self._executor.shutdown(wait=True)
 
-    async def watch(self, on_change: OnChange) -> None:
+    async def watch(self, on_change: OnChange,
+                    on_seen: Callable[[int], None] | None = None) -> None:
         """LISTEN on a connection of its own; batch what arrives within 50 ms into one call.
         After every (re)connect, report every watched table: what changed while nobody
         listened (startup, a dropped connection) is reloaded too."""

@@ -14,9 +14,13 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from squall.errors import TooManyRequests
 from squall.tenancy.model import TenantLimits
+
+if TYPE_CHECKING:
+    from squall.tokens import SharedLimits, Slots
 
 
 @dataclass
@@ -46,25 +50,55 @@ class Quotas:
         self._clock = clock
         self._buckets: dict[str, Bucket] = {}
         self.in_flight: dict[str, int] = {}
+        # --workers > 1: concurrency and rate across the workers (squall.tokens)
+        self.shared: SharedLimits | None = None
+        self._held: dict[str, Slots] = {}  # the tenants whose tokens this process takes
 
     def enter(self, tenant: str) -> None:
         lim = self._limits(tenant)
         running = self.in_flight.get(tenant, 0)
-        if lim.max_concurrency is not None and running >= lim.max_concurrency:
-            raise TooManyRequests(
-                f"tenant {tenant!r} is at its limit of {lim.max_concurrency} concurrent "
-                f"executions; retry later or raise it with `squall tenant update "
-                f"--max-concurrency`", retry_after_s=1, code="tenant_concurrency_exceeded")
+        token = None
+        if lim.max_concurrency is not None:
+            if self.shared is None:
+                full = running >= lim.max_concurrency
+            else:  # every worker's executions count: a token each (squall.tokens)
+                token = self._held[tenant] = self.shared.slots("tenant", tenant,
+                                                               lim.max_concurrency)
+                full = not token.take()
+            if full:
+                raise TooManyRequests(
+                    f"tenant {tenant!r} is at its limit of {lim.max_concurrency} concurrent "
+                    f"executions; retry later or raise it with `squall tenant update "
+                    f"--max-concurrency`", retry_after_s=1, code="tenant_concurrency_exceeded")
         if lim.rate is not None:
-            ok, self._buckets[tenant], wait = take(self._buckets.get(tenant), lim.rate,
-                                                   self._clock())
+            ok, wait = self._take(tenant, lim.rate)
             if not ok:
+                if token is not None:
+                    token.give()
                 raise TooManyRequests(
                     f"tenant {tenant!r} is over its rate of {lim.rate:g} invocations per "
                     f"second", retry_after_s=max(1, math.ceil(wait)), code="rate_limited")
         self.in_flight[tenant] = running + 1
 
+    def _take(self, tenant: str, rate: float) -> tuple[bool, float]:
+        """One token of the tenant's bucket: this process's, or the one every worker shares."""
+        if self.shared is None:
+            ok, self._buckets[tenant], wait = take(self._buckets.get(tenant), rate,
+                                                   self._clock())
+            return ok, wait
+        bucket = self.shared.bucket(tenant)
+        bucket.lock()
+        try:
+            ok, state, wait = take(bucket.read(), rate, self._clock())
+            bucket.write(state)
+        finally:
+            bucket.unlock()
+        return ok, wait
+
     def leave(self, tenant: str) -> None:
+        token = self._held.get(tenant)
+        if token is not None and token.mine:
+            token.give()
         left = self.in_flight.get(tenant, 1) - 1
         if left > 0:
             self.in_flight[tenant] = left
