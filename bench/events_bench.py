@@ -157,6 +157,13 @@ def event_inserts(quick: bool, tmp: Path) -> dict[str, Any]:
     return out
 
 
+def with_workers(quick: bool, tmp: Path) -> dict[str, Any]:
+    """``async_throughput`` on `squall up --workers 2`: both workers accept and deliver."""
+    with Platform(env={"SQUALL_WORKERS": "2"}) as p:
+        wait_for(lambda: "worker 1 serving" in p.log_tail(), 60, "worker 1")
+        return async_throughput(p, quick, tmp)
+
+
 def accept_only(quick: bool) -> dict[str, Any]:
     """The accept path alone: the same wrk POST load on a platform that delivers nothing
     (``SQUALL_ASYNC_WORKERS=0``), so every event only has to be stored and answered 202."""
@@ -527,6 +534,7 @@ def run(quick: bool, log: Log) -> dict[str, Any]:
         steps: list[tuple[str, Callable[[], dict[str, Any]]]] = [
             ("async_throughput", lambda: async_throughput(p, quick, Path(tmp))),
             ("async_accept_only", lambda: accept_only(quick)),
+            ("async_throughput_workers", lambda: with_workers(quick, Path(tmp))),
             ("event_inserts", lambda: event_inserts(quick, Path(tmp))),
             # the same load with NATS JetStream carrying the queue (--queue nats://)
             ("async_throughput_nats", lambda: queue_bench.async_throughput(quick, Path(tmp)))]

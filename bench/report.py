@@ -101,6 +101,14 @@ def build_rows(r: dict[str, Any]) -> list[Row]:
     if one is not None and two is not None:
         rows.append(_row("throughput c=32, two gateways of a PostgreSQL store on one port "
                          "(--reuse-port) vs one", two, one, "req/s", baseline_what="one gateway"))
+    wk = s.get("workers") or {}
+    one, two = _get(wk, "workers_1", "rps"), _get(wk, "workers_2", "rps")
+    if one is not None and two is not None:
+        rows.append(_row(f"throughput c=32, `--workers 2` vs `--workers 1` (SQLite; median of "
+                         f"{wk.get('rounds')} alternating rounds)", two, one, "req/s",
+                         baseline_what="one worker"))
+        rows.append(_row("throughput c=32, `--workers 2`, p99", _get(wk, "workers_2", "p99_ms"),
+                         _get(wk, "workers_1", "p99_ms"), "ms", baseline_what="one worker"))
     so = s.get("scale_out") or {}
     if "total_ms" in so:
         rows.append(_row(f"scale-out: 100 concurrent x 100 ms from zero ({so['ok']}/100 ok)",
@@ -226,6 +234,14 @@ def _event_rows(ev: dict[str, Any]) -> list[Row]:
                  "events/s", baseline_what=post),
             _row("async invoke: completed, load start to queue drained (max_instances 4)",
                  tp["completed_per_s"], base, "events/s", baseline_what=post)]
+    two = ev.get("async_throughput_workers") or {}
+    if "accepted_per_s" in two:  # the same load on `squall up --workers 2`
+        rows += [
+            _row("async invoke, `--workers 2`: accepted", two["accepted_per_s"],
+                 tp.get("accepted_per_s"), "events/s", baseline_what="one worker"),
+            _row("async invoke, `--workers 2`: completed (max_instances 4 across both)",
+                 two["completed_per_s"], tp.get("completed_per_s"), "events/s",
+                 baseline_what="one worker")]
     alone = ev.get("async_accept_only") or {}
     if "accepted_per_s" in alone:  # nothing delivered meanwhile: the accept path's own ceiling
         rows.append(_row("async invoke: accepted with no delivery meanwhile (ASYNC_WORKERS=0)",

@@ -125,6 +125,28 @@ def gateways_curve(quick: bool) -> dict[str, Any]:
     return out
 
 
+def workers_curve(quick: bool) -> dict[str, Any]:
+    """hello at c=32 with `squall up --workers 1` and `--workers 2` (one SQLite data dir, the
+    gateway in one or two processes), alternating in rounds: this VM's speed drifts by tens
+    of percent within minutes, so each figure is the median of its rounds."""
+    rounds = 1 if quick else 3
+    runs: dict[str, list[dict[str, Any]]] = {"1": [], "2": []}
+    for _ in range(rounds):
+        for n in runs:
+            with Platform(None, {"SQUALL_WORKERS": n}) as p:
+                if n != "1":
+                    wait_for(lambda n=n: f"worker {int(n) - 1} serving" in p.log_tail(), 60,
+                             "the workers")
+                p.deploy(FUNCTIONS / "hello", "hello")
+                wrk(f"{p.url}/fn/hello", duration_s=2)  # warm up: every worker's instances
+                runs[n].append(_load(wrk(f"{p.url}/fn/hello", duration_s=2 if quick else 5)))
+    out: dict[str, Any] = {"rounds": rounds}
+    for n, results in runs.items():
+        out[f"workers_{n}"] = {k: summary([r[k] for r in results])["p50"]
+                               for k in ("rps", "p50_ms", "p99_ms")} | {"runs": results}
+    return out
+
+
 def _load(r: dict[str, Any]) -> dict[str, Any]:
     return {k: r.get(k) for k in ("rps", "p50_ms", "p99_ms", "non_2xx")}
 
@@ -290,6 +312,7 @@ def run_main(quick: bool, sandbox: str | None, log: Callable[[str], None]) -> di
             ("mem_spare", lambda: spare_memory(p, "hello")),
             ("cores", lambda: cores_curve(quick)),
             ("gateways", lambda: gateways_curve(quick)),
+            ("workers", lambda: workers_curve(quick)),
             ("never_invoked", lambda: never_invoked(p, 3 if quick else 10)),
             ("scale_out", lambda: scale_out(p, 100)),
             ("mem_hello", lambda: memory(p, "hello", 3 if quick else 10)),
