@@ -5,6 +5,7 @@ that keeps their caches in step (squall.store.changes). Real processes, sockets 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
 import json
 import os
@@ -196,6 +197,11 @@ def handler(event, context):
     time.sleep(0.3)
     return {"start": t0, "end": time.time()}
 """
+SECRET_FN = """
+import hashlib, os
+def handler(event, context):
+    return hashlib.sha256(os.environ["DB_PASSWORD"].encode()).hexdigest()
+"""
 HELLO = """
 def handler(event, context):
     return {"hello": context.function_name}
@@ -231,6 +237,17 @@ def test_two_workers_serve_one_platform(platform_factory: Callable[..., Platform
         with httpx.Client(base_url=p.url, timeout=30,
                           headers={"authorization": f"Bearer {made['key']}"}) as c:
             assert c.post("/api/v1/functions/hi/invocations", json={}).status_code == 200
+
+    # A rotated master key reaches every worker: a secret sealed under the new key opens for a
+    # version first started after the rotation, whichever worker starts it.
+    p.cli("secret", "set", "DB_PASSWORD", input="s3cret")
+    p.cli("secret", "rotate-master")
+    p.deploy(make_fn("sec", SECRET_FN, toml='env = { DB_PASSWORD = "secret:DB_PASSWORD" }\n'))
+    for _ in range(12):
+        with httpx.Client(base_url=p.url, headers=p.http.headers, timeout=30) as c:
+            r = c.post("/api/v1/functions/sec/invocations", json={})
+            assert r.status_code == 200, r.text
+            assert r.json() == hashlib.sha256(b"s3cret").hexdigest()
 
     # /metrics from either worker counts both workers' invocations (as of their last second).
     def counted() -> set[float]:

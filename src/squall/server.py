@@ -343,6 +343,9 @@ def check_workers(settings: Settings) -> None:
     if settings.workers < 1:
         raise BadRequest(f"--workers must be 1 or more, got {settings.workers}",
                          code="invalid_workers")
+    if settings.workers > 1 and settings.store.startswith(("postgresql://", "postgres://")):
+        raise BadRequest("--workers serves one SQLite data dir; with a PostgreSQL store start "
+                         "several `squall up --reuse-port` instead", code="invalid_workers")
     if settings.workers > 1 and settings.cluster:
         raise BadRequest("--workers is for one machine; with --cluster start several `squall "
                          "up --reuse-port` on the same --store instead", code="invalid_workers")

@@ -11,13 +11,17 @@ through the store's change feed (``squall.store.changes``); with one process thi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from squall.errors import SquallError
 from squall.platform import Platform
 from squall.registry import FunctionRecord
 from squall.store import functions as store_fn
+from squall.store import tenants as store_tenants
+from squall.tenancy.crypto import Sealer, decode_key
 
 if TYPE_CHECKING:
     from squall.tenancy.service import Identity
@@ -88,12 +92,35 @@ async def _identity(platform: Platform) -> None:
     identity = platform.identity
     assert identity is not None
     before = _secret_stamps(identity)
+    if platform.db.dialect == "sqlite" and not platform.settings.master_key:
+        # a worker of this data dir may have rotated <data-dir>/master-key (rotate-master)
+        key = await platform.db.run(lambda c: _master_key(platform.settings.data_dir, c))
+        if key != identity.sealer.key:
+            identity.sealer = identity.secrets.sealer = Sealer(key)
+            log.info("took the rotated master key of the data dir")
     await identity.load()
     after = _secret_stamps(identity)
     for tenant in sorted(before.keys() | after.keys()):
         if before.get(tenant) != after.get(tenant):
             for listener in identity.secrets.listeners:
                 listener(tenant)
+
+
+def _master_key(data_dir: Path, conn: Any) -> bytes:
+    """The data dir's master key now: ``master-key``, or ``master-key.new`` between a
+    rotation's commit and its rename (the one that opens a sealed key of the store)."""
+    keys = [decode_key((data_dir / "master-key").read_text())]
+    with contextlib.suppress(FileNotFoundError, ValueError):
+        keys.append(decode_key((data_dir / "master-key.new").read_text()))
+    probe = store_tenants.list_keys(conn)[:1]
+    for key in keys:
+        try:
+            if probe:
+                Sealer(key).open(probe[0]["sealed_secret"], f"key/{probe[0]['id']}")
+        except Exception:  # sealed under the other one
+            continue
+        return key
+    return keys[0]
 
 
 def _secret_stamps(identity: Identity) -> dict[str, list[tuple[str, float]]]:

@@ -198,8 +198,8 @@ class Pool:
         return inst
 
     def release(self, inst: Instance) -> None:
-        if self.tokens is not None:
-            self.tokens.give()
+        if self.tokens is not None and self.reserved.get(inst.id, 0) > 0:
+            self.tokens.give()  # (a release of nothing reserved gives back nothing)
         self._release(inst)
 
     def _release(self, inst: Instance) -> None:
