@@ -10,6 +10,7 @@ the keep-alive are stopped, down to ``min_instances``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -20,7 +21,7 @@ from squall.errors import TooManyRequests
 from squall.tokens import Slots
 
 TOKEN_POLL_FIRST_S = 0.001
-TOKEN_POLL_MAX_S = 0.016
+TOKEN_POLL_MAX_S = 0.004
 
 
 @dataclass
@@ -67,6 +68,7 @@ class Pool:
         self._drained.set()
         # the version's cross-worker tokens (squall.tokens), with --workers > 1
         self.tokens: Slots | None = None
+        self._token_back = asyncio.Event()
 
     @property
     def size(self) -> int:
@@ -103,6 +105,7 @@ class Pool:
                 return await self._acquire(deadline)
             except BaseException:
                 self.tokens.give()
+                self._token_back.set()
                 raise
         return await self._acquire(deadline)
 
@@ -120,7 +123,10 @@ class Pool:
                     f"all {self.spec.max_instances} instances of {self.key} are busy (across "
                     f"the platform's workers); retry later or raise max_instances",
                     retry_after_s=1)
-            await asyncio.sleep(min(pause, remaining))
+            # a release here wakes us at once; one in another worker is seen at the next look
+            self._token_back.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._token_back.wait(), min(pause, remaining))
             pause = min(TOKEN_POLL_MAX_S, pause * 2)
 
     async def _acquire(self, deadline: float) -> tuple[Instance, bool]:
@@ -200,6 +206,7 @@ class Pool:
     def release(self, inst: Instance) -> None:
         if self.tokens is not None and self.reserved.get(inst.id, 0) > 0:
             self.tokens.give()  # (a release of nothing reserved gives back nothing)
+            self._token_back.set()
         self._release(inst)
 
     def _release(self, inst: Instance) -> None:
