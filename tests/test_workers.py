@@ -262,6 +262,31 @@ def test_two_workers_serve_one_platform(platform_factory: Callable[..., Platform
 
     wait_for(lambda: counted() == {24.0}, 10, message="both workers' 24 invocations of hi")
 
+    # instances, describe and scale answer for every worker, whichever one a client reaches:
+    # each worker's own view (asked on its unix socket) adds up to what a client sees.
+    def local(index: int, path: str, method: str = "GET", **kw: Any) -> Any:
+        sock = p.data_dir / "limits" / f"worker-{index}.sock"
+        with httpx.Client(transport=httpx.HTTPTransport(uds=str(sock)), base_url="http://w",
+                          headers=p.http.headers, timeout=30) as c:
+            r = c.request(method, path, **kw)
+            assert r.status_code == 200, r.text
+            return r.json()
+
+    own = [{i["id"] for i in local(w, "/api/v1/functions/hi/instances")["instances"]}
+           for w in (0, 1)]
+    assert own[0] and own[1] and not own[0] & own[1]
+    for _ in range(6):
+        with httpx.Client(base_url=p.url, headers=p.http.headers, timeout=30) as c:
+            seen = c.get("/api/v1/functions/hi/instances").json()["instances"]
+            assert {i["id"] for i in seen} == own[0] | own[1]
+            assert c.get("/api/v1/functions/hi").json()["instances"] == len(own[0] | own[1])
+    stopped = p.http.post("/api/v1/functions/hi/scale", json={"to": 0}).json()
+    assert stopped["stopped"] == len(own[0] | own[1]) and stopped["instances"] == 0
+    assert not local(0, "/api/v1/functions/hi/instances")["instances"]
+    assert not local(1, "/api/v1/functions/hi/instances")["instances"]
+    audited = p.http.get("/api/v1/audit").json()
+    assert sum(1 for e in audited["entries"] if e["action"] == "scale") == 1
+
     # max_instances = 1 holds across the workers: no two executions overlap.
     p.deploy(make_fn("one", SPAN, toml="max_instances = 1\n"))
     spans: list[dict[str, Any]] = []

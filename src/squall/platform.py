@@ -35,6 +35,7 @@ class Platform:
     identity: Identity | None = None  # tenants, keys, secrets, quotas (squall.tenancy)
     cluster: Any = None  # squall.cluster.membership.RayMembership with --cluster
     follow: Any = None  # squall.workers.Follow with --workers > 1
+    peers: Any = None  # squall.workers.Peers with --workers > 1
 
 
 def platform_of(app_state: Any) -> Platform:

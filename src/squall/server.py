@@ -52,7 +52,7 @@ from squall.tenancy.crypto import Sealer, load_master_key
 from squall.tenancy.secrets import finish_rotation, references
 from squall.tenancy.service import Identity
 from squall.tokens import SharedLimits
-from squall.workers import Follow, MetricsShare, ReadYourWrites, Workers
+from squall.workers import Follow, MetricsShare, Peers, ReadYourWrites, Workers
 
 log = logging.getLogger("squall")
 
@@ -123,6 +123,8 @@ def build(settings: Settings) -> tuple[Platform, Any]:
         shared = SharedLimits(root, settings.worker_index, settings.workers)
         agent.shared = identity.quotas.shared = shared
         platform.follow = Follow(db, shared)
+        platform.peers = Peers(root, settings.worker_index, settings.workers,
+                               bool(settings.tls_cert))
     if settings.cluster:
         _wire_cluster(platform, identity)
     endpoints = [*api_functions.ENDPOINTS, *api_tenancy.ENDPOINTS, *api_aliases.ENDPOINTS]
@@ -273,6 +275,10 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
     server = _Server(config)
     shared_port = settings.reuse_port or settings.workers > 1
     sockets = [_shared_listener(settings, platform)] if shared_port else None
+    if platform.peers is not None and sockets is not None:  # where the other workers ask
+        asked = platform.peers.listener()
+        if asked is not None:
+            sockets.append(asked)
     workers = Workers(settings, platform.follow) if first and settings.workers > 1 else None
     if platform.cluster is not None:  # blocking, once: join Ray as a driver
         platform.cluster.connect()

@@ -31,6 +31,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -112,7 +113,8 @@ class ReadYourWrites:
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         path = scope.get("path", "")
-        if scope["type"] != "http" or scope["method"] in _READS or path.startswith("/fn/") \
+        if scope["type"] != "http" or scope["method"] in _READS or Peers.local(scope) \
+                or path.startswith("/fn/") \
                 or path.rstrip("/").endswith("/invocations") or "/hooks/" in path:
             await self.app(scope, receive, send)
             return
@@ -155,6 +157,83 @@ class MetricsShare:
             tmp.write_bytes(self.render())
             tmp.replace(path)
             await asyncio.sleep(self.EVERY_S)
+
+
+class Peers:
+    """The other workers, for the few answers that are each worker's own: a function's
+    instances, ``scale``, a tenant's usage. Every worker also listens on a unix socket,
+    ``<limits>/worker-<index>.sock`` (mode 0600 in a 0700 folder); the worker a client reached
+    asks the others there with the client's own request (its key is checked again by each)
+    and merges their answers. A request that came through a unix socket is answered locally
+    (``local``), so a question never travels twice."""
+
+    TIMEOUT_S = 10.0
+
+    def __init__(self, root: Path, index: int, workers: int, tls: bool) -> None:
+        self.root = root
+        self.index = index
+        self.paths = [root / f"worker-{i}.sock" for i in range(workers) if i != index]
+        self.scheme = "https" if tls else "http"
+
+    def listener(self) -> socket.socket | None:
+        """This worker's unix socket (an old one of a dead process is replaced); None, with
+        a warning, where it cannot be made (a data dir path too long for a socket's name):
+        then each worker answers those questions for itself."""
+        path = self.root / f"worker-{self.index}.sock"
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(str(path))
+        except OSError as exc:
+            sock.close()
+            log.warning("no unix socket at %s (%s): instances, scale and usage show this "
+                        "worker's share only", path, exc)
+            return None
+        path.chmod(0o600)
+        sock.listen(128)
+        return sock
+
+    @staticmethod
+    def local(scope: Any) -> bool:
+        """The request came from another worker: uvicorn gives a unix socket's server address
+        no port (``(path, None)``, or None), a TCP listener always has one."""
+        server = scope.get("server")
+        return server is None or server[1] is None
+
+    async def each(self, method: str, path: str, authorization: str | None,
+                   body: bytes = b"") -> list[Any]:
+        """The other workers' JSON answers to the request (one that fails is left out)."""
+        import httpx
+
+        async def ask(sock: Path) -> Any:
+            transport = httpx.AsyncHTTPTransport(uds=str(sock), verify=False)
+            async with httpx.AsyncClient(transport=transport, timeout=self.TIMEOUT_S,
+                                         base_url=f"{self.scheme}://worker") as client:
+                headers = {"authorization": authorization} if authorization else {}
+                r = await client.request(method, path, headers=headers, content=body)
+                r.raise_for_status()
+                return r.json()
+
+        answers = await asyncio.gather(*(ask(p) for p in self.paths), return_exceptions=True)
+        out = []
+        for sock, answer in zip(self.paths, answers, strict=True):
+            if isinstance(answer, BaseException):
+                log.warning("worker at %s did not answer %s %s: %s", sock.name, method, path,
+                            answer)
+            else:
+                out.append(answer)
+        return out
+
+
+async def ask_others(peers: Peers | None, request: Any, body: bytes = b"") -> list[Any]:
+    """The other workers' answers to this request (none with one worker, or when it came
+    from another worker)."""
+    if peers is None or Peers.local(request.scope):
+        return []
+    query = request.url.query
+    return await peers.each(request.method, request.url.path + (f"?{query}" if query else ""),
+                            request.headers.get("authorization"), body)
 
 
 class Workers:

@@ -29,6 +29,7 @@ from squall.platform import Platform
 from squall.registry import FunctionRecord
 from squall.store import invocations as store_inv
 from squall.tenancy.model import Scope
+from squall.workers import ask_others
 
 DEFAULT_SINCE_S = 3600.0
 # A chart of more invocations than this shows the newest ones and says the window was cut;
@@ -121,6 +122,13 @@ async def overview(request: Request, call: Call) -> Response:
             "avg_ms": None if t.get("avg_ms") is None else round(t["avg_ms"], 3),
             "last_invoked": t.get("last_ts"),
         })
+    for other in await ask_others(p.peers, request):  # every worker's instances (--workers)
+        theirs = {f["name"]: f for f in other["functions"]}
+        for fn in out:
+            their = theirs.get(fn["name"])
+            if their is not None and their["version"] == fn["version"]:
+                fn["idle"] += their["idle"]
+                fn["busy"] += their["busy"]
     return JSONResponse({"since": since, "now": now, "functions": out})
 
 

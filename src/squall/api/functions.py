@@ -29,6 +29,7 @@ from squall.store import functions as store_fn
 from squall.store import invocations as store_inv
 from squall.store import logs as store_logs
 from squall.tenancy.model import DEFAULT_TENANT, Scope
+from squall.workers import Peers, ask_others
 
 
 def fn_url(tenant: str, name: str) -> str:
@@ -111,12 +112,28 @@ async def deploy(request: Request, call: Call) -> Response:
 
 async def list_functions(request: Request, call: Call) -> Response:
     p = platform(request)
-    return JSONResponse({"functions": [_describe(p, r) for r in p.registry.all()
-                                       if r.namespace == call.tenant]})
+    found = [_describe(p, r) for r in p.registry.all() if r.namespace == call.tenant]
+    others = await ask_others(p.peers, request)
+    for fn in found:
+        for other in others:
+            _add_instances(fn, next((o for o in other["functions"] if o["name"] == fn["name"]),
+                                    None))
+    return JSONResponse({"functions": found})
 
 
 async def describe(request: Request, call: Call) -> Response:
-    return JSONResponse(_describe(platform(request), _named(request, call)))
+    p = platform(request)
+    found = _describe(p, _named(request, call))
+    for other in await ask_others(p.peers, request):
+        _add_instances(found, other)
+    return JSONResponse(found)
+
+
+def _add_instances(fn: dict[str, Any], other: dict[str, Any] | None) -> None:
+    """Another worker's instances of the same version count too (--workers)."""
+    if other is not None and other.get("key") == fn["key"]:
+        fn["instances"] += other["instances"]
+        fn["busy"] += other["busy"]
 
 
 async def remove(request: Request, call: Call) -> Response:
@@ -223,7 +240,12 @@ async def scale(request: Request, call: Call) -> Response:
         await p.db.run(lambda c: store_fn.set_min_instances(c, rec.namespace, rec.name, None))
         result["stopped"] = p.agent.scale_to_zero(vs)
     result["instances"] = p.agent.pool(vs).size
-    await audit(p, call, "scale", rec.name, body)
+    for other in await ask_others(p.peers, request, json.dumps(body).encode()):  # --workers
+        result["instances"] += other["instances"]
+        if "stopped" in result:
+            result["stopped"] += other["stopped"]
+    if not Peers.local(request.scope):  # once, by the worker the client reached
+        await audit(p, call, "scale", rec.name, body)
     return JSONResponse(result)
 
 
@@ -233,10 +255,14 @@ async def instances(request: Request, call: Call) -> Response:
     insts = [i for i in p.agent.snapshot()
              if i["function"] == rec.name and i["namespace"] == rec.namespace]
     pool = p.agent.pool(p.registry.version_spec(rec))
-    return JSONResponse({"name": rec.name, "instances": insts,
-                         "created_total": pool.created_total,
-                         "zygotes": [z for z in p.agent.zygotes() if z["function"] == rec.name
-                                     and z["namespace"] == rec.namespace]})
+    out = {"name": rec.name, "instances": insts, "created_total": pool.created_total,
+           "zygotes": [z for z in p.agent.zygotes() if z["function"] == rec.name
+                       and z["namespace"] == rec.namespace]}
+    for other in await ask_others(p.peers, request):  # every worker's (--workers)
+        out["instances"] += other["instances"]
+        out["zygotes"] += other["zygotes"]
+        out["created_total"] += other["created_total"]
+    return JSONResponse(out)
 
 
 async def scaling(request: Request, call: Call) -> Response:

@@ -25,6 +25,7 @@ from squall.store import tenants as store
 from squall.tenancy.model import DEFAULT_TENANT, Scope, validate_tenant_name
 from squall.tenancy.secrets import rotate_master
 from squall.tenancy.service import MAX_KEY_TTL_S, Identity
+from squall.workers import ask_others
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -63,7 +64,11 @@ async def describe_tenant(request: Request, call: Call) -> Response:
     name = request.path_params["name"]
     _visible(call, name)
     t = _identity(p).tenant(name)
-    return JSONResponse({**t.to_dict(), "usage": await _live_usage(p, name)})
+    usage = await _live_usage(p, name)
+    for other in await ask_others(p.peers, request):  # every worker's (--workers)
+        for k in ("instances", "memory_mb", "concurrent_executions"):
+            usage[k] += other["usage"][k]
+    return JSONResponse({**t.to_dict(), "usage": usage})
 
 
 async def _live_usage(p: Platform, name: str) -> dict[str, Any]:
