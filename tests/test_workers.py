@@ -341,3 +341,38 @@ def test_bad_worker_counts_are_refused(tmp_path: Path) -> None:
                            capture_output=True, text=True, timeout=60,
                            env={**os.environ, "SQUALL_SANDBOX": "process"})
         assert r.returncode != 0 and "invalid_workers" in r.stderr, r.stderr
+
+
+def test_tenant_limits_hold_across_workers(platform_factory: Callable[..., PlatformProc],
+                                           make_fn: Callable[..., Path]) -> None:
+    """A tenant's concurrency and instance memory are the platform's: what one worker runs
+    counts against what another may start (each worker asked on its own unix socket)."""
+    from tests.test_tenancy import SLOW, deploy_as, key
+
+    p = platform_factory(SQUALL_WORKERS="2", SQUALL_SANDBOX="process")
+    wait_for(lambda: "worker 1 serving" in p.log(), 60, message="worker 1 to serve")
+    p.cli("tenant", "create", "acme", "--max-concurrency", "1", "--max-memory-mb", "128")
+    k = key(p, "acme", "deploy,invoke")["key"]
+    assert deploy_as(p, k, make_fn("slow", SLOW)).status_code == 201
+
+    def at(index: int, sleep: float) -> httpx.Response:
+        sock = p.data_dir / "limits" / f"worker-{index}.sock"
+        with httpx.Client(transport=httpx.HTTPTransport(uds=str(sock)), base_url="http://w",
+                          headers={"authorization": f"Bearer {k}"}, timeout=60) as c:
+            return c.post("/api/v1/functions/slow/invocations", json={"sleep": sleep})
+
+    first: list[httpx.Response] = []
+    t = threading.Thread(target=lambda: first.append(at(0, 3)))
+    t.start()
+    wait_for(lambda: p.http.get("/api/v1/tenants/acme").json()["usage"][
+        "concurrent_executions"] == 1, 30, message="the execution on worker 0")
+    busy = at(1, 0)
+    t.join()
+    assert first[0].status_code == 200, first[0].text
+    assert busy.status_code == 429 and busy.json()["error"]["code"] == \
+        "tenant_concurrency_exceeded", busy.text
+    # Worker 0 keeps its 128 MB instance warm: worker 1 may not start another.
+    full = at(1, 0)
+    assert full.status_code == 429 and full.json()["error"]["code"] == \
+        "tenant_memory_exceeded", full.text
+    assert at(0, 0).status_code == 200  # worker 0 reuses its own
