@@ -4,8 +4,8 @@ one Python event loop.
 The process the user started is worker 0. It takes the data dir's lock, opens (and migrates)
 the store, takes back what the previous run left running, and only then starts workers 1..N-1:
 fresh interpreters (``python -c 'from squall.workers import main; main()'``) that read their
-settings from a pipe (never the environment or the command line: they may hold the master key
-or a store password). Every worker listens on the same port with SO_REUSEPORT, so the kernel
+settings from a pipe (never the environment or the command line: they may hold the master
+key). Every worker listens on the same port with SO_REUSEPORT, so the kernel
 spreads connections over them, and serves every route: sync and async invocations, the control
 API, Lambda's API. Each has its own agent, instance pools and event loop; async events go to
 whichever worker claims them from the shared events table (a claim is one SQLite write
@@ -264,9 +264,13 @@ class Workers:
     async def _keep(self, index: int) -> None:
         """Run worker ``index``; start it again when it exits unasked."""
         delay = RESTART_FIRST_S
+        loop = asyncio.get_running_loop()
         while not self._closing:
             proc = self.procs[index] = await self._spawn(index)
+            started = loop.time()
             code = await proc.wait()
+            if loop.time() - started > RESTART_MAX_S * 2:  # it had been serving: start afresh
+                delay = RESTART_FIRST_S
             if self.follow is not None:
                 self.follow.gone(index)
             if self._closing:
