@@ -231,6 +231,8 @@ def test_two_workers_serve_one_platform(platform_factory: Callable[..., Platform
         with httpx.Client(base_url=p.url, headers=p.http.headers, timeout=30) as c:
             r = c.post("/api/v1/functions/hi/invocations", json={})
             assert r.status_code == 200 and r.json() == {"hello": "hi"}, r.text
+    # The worker that did not deploy took the version from the store, and says who it is.
+    assert re.search(r"\[worker [01]\] squall\.sync: took version 1 of default/hi", p.log())
     made = json.loads(p.cli("key", "create", "--tenant", "default", "--scope", "invoke",
                             "--json").stdout)
     for _ in range(12):

@@ -378,7 +378,8 @@ def _shared_listener(settings: Settings, platform: Platform) -> socket.socket:
 
 
 def run(settings: Settings) -> None:
-    logfmt.configure_logging(settings.log_format, os.environ.get("SQUALL_LOG_LEVEL", "INFO"))
+    logfmt.configure_logging(settings.log_format, os.environ.get("SQUALL_LOG_LEVEL", "INFO"),
+                             settings.worker_index if settings.workers > 1 else None)
     import uvloop
 
     try:

@@ -138,21 +138,31 @@ def _seconds(raw: str) -> float:
 
 
 class JSONFormatter(logging.Formatter):
-    """The platform's own log as JSON lines: time, level, logger, message (+ exception)."""
+    """The platform's own log as JSON lines: time, level, logger, message (+ exception), and
+    with ``--workers`` the worker that wrote it."""
+
+    def __init__(self, worker: int | None = None) -> None:
+        super().__init__()
+        self.worker = worker
 
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {"time": _iso(record.created), "level": record.levelname,
                                "logger": record.name, "message": record.getMessage()}
+        if self.worker is not None:
+            out["worker"] = self.worker
         if record.exc_info:
             out["exception"] = self.formatException(record.exc_info)
         return json.dumps(out, default=str)
 
 
-def configure_logging(log_format: str, level: str) -> None:
-    """``squall up``'s logging: text as before, or JSON lines when log_format is "json"."""
+def configure_logging(log_format: str, level: str, worker: int | None = None) -> None:
+    """``squall up``'s logging: text as before, or JSON lines when log_format is "json";
+    ``worker`` (with ``--workers``) names the gateway process in every line."""
     handler = logging.StreamHandler(sys.stderr)
     if log_format == "json":
-        handler.setFormatter(JSONFormatter())
+        handler.setFormatter(JSONFormatter(worker))
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        who = "" if worker is None else f"[worker {worker}] "
+        handler.setFormatter(logging.Formatter(
+            f"%(asctime)s %(levelname)s {who}%(name)s: %(message)s"))
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
