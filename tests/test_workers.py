@@ -22,7 +22,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from squall.config import Settings
+from squall.config import Settings, workers_count
 from squall.observability.metrics import merge
 from squall.store.db import Database
 from squall.tenancy.model import TenantLimits
@@ -343,6 +343,14 @@ def test_bad_worker_counts_are_refused(tmp_path: Path) -> None:
                            capture_output=True, text=True, timeout=60,
                            env={**os.environ, "SQUALL_SANDBOX": "process"})
         assert r.returncode != 0 and "invalid_workers" in r.stderr, r.stderr
+    for args, env, says in ((["--workers", "many"], {}, "give a number or auto"),
+                            ([], {"SQUALL_WORKERS": "many"}, "SQUALL_WORKERS='many'")):
+        r = subprocess.run([SQUALL, "up", "--data-dir", str(tmp_path), *args],
+                           capture_output=True, text=True, timeout=60,
+                           env={**os.environ, "SQUALL_SANDBOX": "process", **env})
+        assert r.returncode == 2 and says in r.stderr and "Traceback" not in r.stderr, r.stderr
+    # auto: one worker per CPU this process may use
+    assert workers_count("auto") == len(os.sched_getaffinity(0)) and workers_count("3") == 3
 
 
 def test_tenant_limits_hold_across_workers(platform_factory: Callable[..., PlatformProc],

@@ -96,8 +96,15 @@ class Settings:
         s = cls()
         for f in fields(cls):
             raw = os.environ.get(f"SQUALL_{f.name.upper()}")
-            if raw is not None and f.name != "prices":
-                setattr(s, f.name, _coerce(getattr(s, f.name), raw))
+            if raw is None or f.name == "prices":
+                continue
+            try:
+                value = workers_count(raw) if f.name == "workers" else \
+                    _coerce(getattr(s, f.name), raw)
+            except ValueError:
+                raise ValueError(f"SQUALL_{f.name.upper()}={raw[:40]!r} is not a valid "
+                                 f"{type(getattr(s, f.name)).__name__}") from None
+            setattr(s, f.name, value)
         for key, raw in (
             ("per_million_requests", os.environ.get("SQUALL_PRICE_PER_MILLION_REQUESTS")),
             ("per_gb_second", os.environ.get("SQUALL_PRICE_PER_GB_SECOND")),
@@ -109,6 +116,14 @@ class Settings:
                 setattr(s, key, value)
         s.data_dir = Path(s.data_dir).resolve()
         return s
+
+
+def workers_count(raw: str) -> int:
+    """``--workers``: a count, or "auto" for the CPUs this process may run on (its affinity,
+    which taskset and cgroup cpusets narrow). Anything else raises ValueError."""
+    if raw.strip().lower() == "auto":
+        return len(os.sched_getaffinity(0)) or 1
+    return int(raw)
 
 
 def _coerce(current: object, raw: str) -> object:

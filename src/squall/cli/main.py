@@ -38,6 +38,17 @@ def cli(ctx: click.Context, url: str | None, api_key: str | None, data_dir: str 
                "cacert": cacert}
 
 
+def _workers(_ctx: click.Context, _param: click.Parameter, value: str | None) -> int | None:
+    from squall.config import workers_count
+
+    if value is None:
+        return None
+    try:
+        return workers_count(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: give a number or auto") from None
+
+
 @cli.command()
 @click.option("--host", default=None, help="Listen address (default 127.0.0.1).")
 @click.option("--port", type=int, default=None, help="Listen port (default 8080).")
@@ -65,10 +76,10 @@ def cli(ctx: click.Context, url: str | None, api_key: str | None, data_dir: str 
               help="Share --port with other `squall up` on this machine (SO_REUSEPORT; the "
                    "kernel spreads connections over them). They must share one --store "
                    "postgresql://... and SQUALL_MASTER_KEY (env SQUALL_REUSE_PORT).")
-@click.option("--workers", type=int, default=None, metavar="N",
+@click.option("--workers", default=None, metavar="N|auto", callback=_workers,
               help="Gateway processes serving this data dir on one port (SO_REUSEPORT), so "
-                   "requests use more than one core; limits hold across them (env "
-                   "SQUALL_WORKERS; default 1).")
+                   "requests use more than one core; limits hold across them; auto: one per "
+                   "CPU this process may use (env SQUALL_WORKERS; default 1).")
 @click.pass_context
 def up(ctx: click.Context, host: str | None, port: int | None, data_dir: Path | None,
        sandbox: str | None, tls_cert: str | None, tls_key: str | None,
@@ -82,10 +93,14 @@ def up(ctx: click.Context, host: str | None, port: int | None, data_dir: Path | 
         raise click.UsageError("give both --tls-cert and --tls-key")
     root = ctx.find_root().obj or {}
     data_dir = data_dir or (Path(root["data_dir"]) if root.get("data_dir") else None)
-    run(Settings.from_env(host=host, port=port, data_dir=data_dir, sandbox=sandbox,
-                          tls_cert=tls_cert, tls_key=tls_key, s3_port=s3_port, store=store,
-                          cluster=cluster, queue=queue, reuse_port=reuse_port,
-                          workers=workers))
+    try:
+        settings = Settings.from_env(host=host, port=port, data_dir=data_dir, sandbox=sandbox,
+                                     tls_cert=tls_cert, tls_key=tls_key, s3_port=s3_port,
+                                     store=store, cluster=cluster, queue=queue,
+                                     reuse_port=reuse_port, workers=workers)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    run(settings)
 
 
 @cli.command()
