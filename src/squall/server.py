@@ -154,7 +154,8 @@ def build(settings: Settings) -> tuple[Platform, Any]:
     routes: list[BaseRoute] = list(api_routes.routes(endpoints))
     app = Starlette(routes=routes, exception_handlers=HANDLERS)
     app.state.platform = platform
-    served: Any = LambdaGateway(Gateway(app, platform), platform)
+    served: Any = LambdaGateway(Gateway(api_routes.Direct(app, endpoints, HANDLERS), platform),
+                                platform)
     if platform.follow is not None:  # a write answered here is served by every worker
         served = ReadYourWrites(served, platform.follow)
     return platform, observability.edge(platform, served)

@@ -297,7 +297,7 @@ ENDPOINTS = [
     Endpoint("POST", _FN + "/invocations", invoke, Scope.INVOKE, "Invoke",
              (Param("qualifier", max_length=128),
               Param("InvocationType", enum=("RequestResponse", "Event"))),
-             body="json", responses=(200, 202)),
+             body="json", responses=(200, 202), hot=True),
     Endpoint("GET", _FN + "/logs", logs, Scope.READ, "Read logs",
              (Param("after", "integer", 0, 2**62, 0), Param("request_id", max_length=64),
               Param("limit", "integer", 1, 10_000, 1000), Param("tail", "boolean", default=True))),
