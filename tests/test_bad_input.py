@@ -148,6 +148,14 @@ def test_malformed_json_and_oversized_payloads(platform: PlatformProc) -> None:
     resp = platform.http.post("/api/v1/functions/hello/invocations", content=b"{not json",
                               headers={"content-type": "application/json"})
     assert resp.status_code == 400 and resp.json()["error"]["code"] == "invalid_json"
+    # an async event is stored as UTF-8 JSON text: JSON in UTF-16 (which Python's json reads)
+    # or bytes that are not UTF-8 are refused, not a 500
+    for body in ('{"a": 1}'.encode("utf-16"), b'{"a": "\xff"}'):
+        resp = platform.http.post("/api/v1/functions/hello/invocations", content=body,
+                                  headers={"x-squall-invocation-type": "Event"})
+        assert resp.status_code == 400 and resp.json()["error"]["code"] == "invalid_json"
+    assert platform.http.get("/api/v1/invocations",
+                             params={"function": "hello"}).json()["invocations"] == []
     big = b"x" * (6 * 1024 * 1024 + 1)
     resp = platform.http.post("/fn/hello", content=big)
     assert resp.status_code == 413 and resp.json()["error"]["code"] == "payload_too_large"

@@ -165,8 +165,9 @@ async def invoke(request: Request, call: Call) -> Response:
         rid, _created = await p.events.submit(
             rec.name, body, trigger="async", namespace=call.tenant,
             idempotency_key=request.headers.get("x-squall-idempotency-key"))
-        return JSONResponse({"request_id": rid}, status_code=202,
-                            headers={"x-squall-request-id": rid})
+        # the body JSONResponse would render, without the JSON encoder it builds on every call
+        return Response(b'{"request_id":' + json.dumps(rid).encode() + b"}", status_code=202,
+                        headers={"x-squall-request-id": rid}, media_type="application/json")
     if mode != "RequestResponse":
         raise BadRequest(f"unknown invocation type '{mode[:40]}': use RequestResponse or Event",
                          code="invalid_invocation_type")

@@ -65,11 +65,12 @@ def _json_payload(body: bytes, limit: int) -> str:
                               " (settings.max_async_payload)")
     if not body.strip():
         return "{}"
-    try:
-        json.loads(body)
-    except (ValueError, UnicodeDecodeError) as e:
+    try:  # UTF-8 only (RFC 8259); decoding first also spares json its encoding guess
+        text = body.decode("utf-8")
+        json.loads(text)
+    except ValueError as e:  # UnicodeDecodeError is one
         raise InvalidJSON(f"the event body is not valid JSON: {e}") from None
-    return body.decode("utf-8")
+    return text
 
 
 class EventService:

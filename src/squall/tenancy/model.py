@@ -36,6 +36,9 @@ _IMPLIES: dict[Scope, frozenset[Scope]] = {
     Scope.METRICS: frozenset(),
     Scope.STORAGE: frozenset(),
 }
+# The other way round, for the check at the edge: the scopes whose holder may do this.
+_GRANTED_BY: dict[Scope, frozenset[Scope]] = {
+    wanted: frozenset(s for s in Scope if s == wanted or wanted in _IMPLIES[s]) for wanted in Scope}
 
 
 def parse_scopes(raw: str | list[str]) -> frozenset[Scope]:
@@ -70,7 +73,7 @@ class Principal:
         return Scope.ADMIN in self.scopes
 
     def allows(self, scope: Scope) -> bool:
-        return any(scope == s or scope in _IMPLIES[s] for s in self.scopes)
+        return not self.scopes.isdisjoint(_GRANTED_BY[scope])
 
     def can_act_on(self, tenant: str) -> bool:
         """Admin keys act on every tenant; any other key only on its own."""
