@@ -227,10 +227,10 @@ def test_policy_from_config() -> None:
     assert expired(p, created_at=0, now=21600.5) and not expired(p, created_at=0, now=21600)
 
 
-def test_a_claim_under_load_waits_for_more_free_slots(tmp_path: Path,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_claim_under_load_waits_for_more_free_slots(tmp_path: Path) -> None:
     """With deliveries in flight and a single slot free, the dispatcher lets more slots free
-    (``CLAIM_GATHER_S``) and claims them in one transaction, not one event per transaction."""
+    (up to ``CLAIM_GATHER_S``) and claims them in one transaction, not one event per
+    transaction; when none frees meanwhile it claims what it has."""
     from types import SimpleNamespace
 
     from squall.events import queues
@@ -240,13 +240,13 @@ def test_a_claim_under_load_waits_for_more_free_slots(tmp_path: Path,
     for i in range(40):
         d.run_sync(lambda c, i=i: put(c, f"e{i:02d}"))
 
-    class FakeWorker:  # 64 slots, 63 busy; 15 more finish during the gather
+    class FakeWorker:  # 64 slots, 63 busy
         lease_s = 30.0
 
-        def __init__(self) -> None:
+        def __init__(self, wake: asyncio.Event) -> None:
             self.busy = 63
             self.started: list[str] = []
-            self.wake = asyncio.Event()
+            self.wake = wake
 
         def free(self) -> int:
             return 64 - self.busy
@@ -257,24 +257,110 @@ def test_a_claim_under_load_waits_for_more_free_slots(tmp_path: Path,
         async def housekeeping(self, now: float) -> None:
             self.wake.set()  # as a delivery finishing would: the step ends after its claim
 
-    worker = FakeWorker()
-    slept: list[float] = []
-    real_sleep = asyncio.sleep
+    async def one_step(finishing: int) -> list[str]:
+        wake = asyncio.Event()
+        worker = FakeWorker(wake)
+        svc = SimpleNamespace(wake=wake, clock=lambda: 1000.0, db=d, workers=64)
 
-    async def sleep(s: float) -> None:
-        slept.append(s)
-        worker.busy -= 15
-        await real_sleep(0)
+        async def deliveries_finish() -> None:  # during the gather, each wakes the dispatcher
+            for _ in range(finishing):
+                await asyncio.sleep(0)
+                worker.busy -= 1
+                wake.set()
 
-    monkeypatch.setattr(queues.asyncio, "sleep", sleep)
-
-    async def one_step() -> None:
-        worker.wake = asyncio.Event()  # of this test's loop
-        svc = SimpleNamespace(wake=worker.wake, clock=lambda: 1000.0, db=d, workers=64)
         async with asyncio.TaskGroup() as tg:
+            tg.create_task(deliveries_finish())
             await queues.TableQueue(svc).step(worker, tg)  # type: ignore[arg-type]
+        return worker.started
 
-    asyncio.run(one_step())
-    assert slept == [queues.CLAIM_GATHER_S]
-    assert worker.started == [f"e{i:02d}" for i in range(16)]  # one claim of 16, oldest first
+    # 15 more finish during the gather: one claim of 16, oldest first
+    assert asyncio.run(one_step(15)) == [f"e{i:02d}" for i in range(16)]
+    # nothing finishes: after the gather, the one free slot takes the oldest left
+    assert asyncio.run(one_step(0)) == ["e16"]
+    d.close()
+
+
+def test_an_event_written_leased_is_claimed_like_any_other(db: Database) -> None:
+    """``TableQueue.reserve``'s write: the row is the one ``claim`` would have left (running,
+    attempt 1, leased), so it is not claimed twice while leased, is claimed again when the
+    lease runs out, and is requeued by the startup recovery after a crash."""
+    def run(c: sqlite3.Connection) -> None:
+        item = dict(id="h", function="f", namespace="default", trigger="async",
+                    payload='{"x":1}', now=100.0, source=None, idempotency_key=None,
+                    traceparent=None, lease_until=130.0)
+        assert queue.enqueue(c, **item) == ("h", True)
+        stored = queue.get_event(c, "h")
+        assert stored == {**queue.leased_row(**item), "result": None, "error": None}
+        assert queue.claim(c, now=120.0, limit=8, lease_s=30) == []  # its lease holds
+        assert [(r["id"], r["attempts"]) for r in queue.claim(c, now=130.0, limit=8,
+                                                              lease_s=30)] == [("h", 2)]
+        assert queue.recover(c, now=140.0) == 1  # a crash: requeued, that attempt not charged
+        assert [(r["id"], r["attempts"]) for r in queue.claim(c, now=140.0, limit=8,
+                                                              lease_s=30)] == [("h", 2)]
+
+    db.run_sync(run)
+
+
+def test_events_are_handed_over_only_when_the_dispatcher_has_caught_up(tmp_path: Path) -> None:
+    """``TableQueue.reserve`` promises a slot only after a claim that left nothing due, with a
+    slot free and nobody asking the dispatcher to look again (a queued write, another writer's
+    wake); ``hand`` starts the row or gives the slot back; a delivery that finishes wakes the
+    dispatcher only when events may be waiting for its slot."""
+    from types import SimpleNamespace
+
+    from squall.events import queues
+
+    d = Database(tmp_path / "squall.db")
+    d.open()
+    d.run_sync(lambda c: put(c, "queued-before"))
+
+    class Worker:
+        lease_s = 30.0
+
+        def __init__(self) -> None:
+            self.busy = 0
+            self.reserved = 0
+            self.started: list[str] = []
+
+        def free(self) -> int:
+            return 4 - self.busy - self.reserved
+
+        def start(self, tg: asyncio.TaskGroup, lease: Any) -> None:
+            self.started.append(lease.row["id"])
+            self.busy += 1
+
+        async def housekeeping(self, now: float) -> None:
+            pass
+
+    async def scenario() -> None:
+        wake = asyncio.Event()
+        svc = SimpleNamespace(wake=wake, clock=lambda: 1000.0, db=d, workers=4)
+        worker = Worker()
+        tq = queues.TableQueue(svc)  # type: ignore[arg-type]
+        async with asyncio.TaskGroup() as tg:
+            runner = tg.create_task(tq.run(worker))  # type: ignore[arg-type]
+            await asyncio.sleep(0.05)
+            assert worker.started == ["queued-before"]  # claimed: 1 of 4 slots, caught up
+            assert tq.reserve() == 30.0 and worker.reserved == 1
+            tq.hand({"id": "handed", "payload": "{}"})
+            assert worker.started == ["queued-before", "handed"] and worker.reserved == 0
+            assert tq.reserve() == 30.0
+            tq.hand(None)  # the write failed, or the idempotency key's first event came back
+            assert worker.reserved == 0 and worker.started == ["queued-before", "handed"]
+            tq.freed()
+            assert not wake.is_set()  # caught up: nothing waits for the slot
+            worker.busy = 4
+            assert tq.reserve() is None  # no free slot
+            worker.busy = 2
+            wake.set()  # another writer (storage events, a connector) wrote rows
+            assert tq.reserve() is None
+            await asyncio.sleep(0.05)  # the dispatcher looked: nothing due, caught up again
+            assert tq.reserve() == 30.0
+            tq.hand(None)
+            await tq.publish([queues.EventRef("queued-now", "default")])  # written queued
+            assert tq.reserve() is None
+            runner.cancel()
+        assert tq.reserve() is None  # stopped
+
+    asyncio.run(scenario())
     d.close()

@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
+from squall.aio import wait_event
 from squall.store.db import Database
 
 T = TypeVar("T")
@@ -57,10 +58,7 @@ class BatchWriter(Generic[T]):
     async def run(self) -> None:
         try:
             while True:
-                try:
-                    await asyncio.wait_for(self._wake.wait(), self._interval)
-                except TimeoutError:
-                    pass
+                await wait_event(self._wake, self._interval)
                 self._wake.clear()
                 await self.flush()
         finally:

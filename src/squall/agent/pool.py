@@ -10,13 +10,13 @@ the keep-alive are stopped, down to ``min_instances``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from squall.agent.instance import Instance
+from squall.aio import wait_event
 from squall.errors import TooManyRequests
 from squall.tokens import Slots
 
@@ -125,8 +125,7 @@ class Pool:
                     retry_after_s=1)
             # a release here wakes us at once; one in another worker is seen at the next look
             self._token_back.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._token_back.wait(), min(pause, remaining))
+            await wait_event(self._token_back, min(pause, remaining))
             pause = min(TOKEN_POLL_MAX_S, pause * 2)
 
     async def _acquire(self, deadline: float) -> tuple[Instance, bool]:
@@ -242,11 +241,7 @@ class Pool:
 
     async def drain(self, wait_s: float) -> bool:
         """Wait until nothing is in flight (True) or ``wait_s`` passed (False)."""
-        try:
-            await asyncio.wait_for(self._drained.wait(), wait_s)
-            return True
-        except TimeoutError:
-            return False
+        return await wait_event(self._drained, wait_s)
 
     def idle(self) -> list[Instance]:
         return [i for i in self.instances.values() if not self.reserved.get(i.id)]

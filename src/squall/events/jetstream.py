@@ -341,6 +341,12 @@ class JetStreamQueue:
     def freed(self) -> None:
         self._freed.set()
 
+    def reserve(self) -> float | None:
+        return None  # every event goes through the stream
+
+    def hand(self, row: dict[str, Any] | None) -> None:
+        pass
+
     async def step(self, worker: Dispatch, tg: asyncio.TaskGroup) -> None:
         """Pull as many messages as there are free slots (waiting up to FETCH_WAIT_S for the
         first), claim their rows, start the deliveries, settle the rest."""

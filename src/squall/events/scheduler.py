@@ -27,6 +27,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
 
+from squall.aio import wait_event
 from squall.errors import BadRequest
 from squall.events.queues import EventRef
 from squall.ids import new_request_id
@@ -180,10 +181,7 @@ class Scheduler:
                 wake_at = min(wake_at, next_tick(s, now))
             self.passes += 1
             delay = max(0.0, wake_at - self.svc.clock())
-            try:
-                await asyncio.wait_for(self.changed.wait(), delay)
-            except TimeoutError:
-                pass
+            await wait_event(self.changed, delay)
 
     async def _evaluate(self, t: dict[str, Any], s: Schedule, now: float) -> None:
         tid = t["id"]

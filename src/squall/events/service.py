@@ -232,12 +232,23 @@ class EventService:
         now = self.clock()
         # the submitting request's trace, continued by every attempt (squall.observability)
         tp = None if self.obs.tracing is None else current_traceparent()
-        out = await self._writes(dict(
-            id=rid, function=function, namespace=namespace, trigger=trigger, payload=payload,
-            now=now, source=source, idempotency_key=idempotency_key, traceparent=tp))
-        if out[1]:
-            await self._publish(EventRef(rid, namespace))
-        return out
+        lease_s = self.queue.reserve()  # a free slot here and nothing due: start it at once
+        item = dict(id=rid, function=function, namespace=namespace, trigger=trigger,
+                    payload=payload, now=now, source=source, idempotency_key=idempotency_key,
+                    traceparent=tp, lease_until=None if lease_s is None else now + lease_s)
+        if lease_s is None:
+            out = await self._writes(item)
+            if out[1]:
+                await self._publish(EventRef(rid, namespace))
+            return out
+        written = self._writes.submit(item)
+        # handed over when the write is done, whether or not this request still waits for it
+        written.add_done_callback(functools.partial(self._hand, item))
+        return await asyncio.shield(written)
+
+    def _hand(self, item: dict[str, Any], written: asyncio.Future[tuple[str, bool]]) -> None:
+        ok = not written.cancelled() and written.exception() is None and written.result()[1]
+        self.queue.hand(queue.leased_row(**item) if ok else None)
 
     async def _publish(self, ref: EventRef) -> None:
         """Accepted = committed and taken by the carrier. A carrier that refuses it: withdraw

@@ -33,6 +33,7 @@ log = logging.getLogger("squall.events.worker")
 
 PRUNE_EVERY_S = 3600.0
 RETENTION_DEFAULT_S = 7 * 86400.0
+SUCCESS_LINGER_S = 0.005  # successes gather this long for one commit (GroupCommit linger)
 
 
 def error_dict(e: BaseException) -> dict[str, Any]:
@@ -48,10 +49,15 @@ class Worker:
     def __init__(self, service: EventService) -> None:
         self.svc = service
         self.inflight: set[str] = set()
+        self.reserved = 0  # slots promised to events being written (TableQueue.reserve)
         self._last_prune = 0.0
-        # outcomes of deliveries that finish together share one transaction (a group commit)
+        # outcomes of deliveries that finish within a few milliseconds share one transaction
+        # (a group commit): one per delivery or two made the commits the largest cost of the
+        # async path. The event is done either way; only its row says so a little later (a
+        # crash in between delivers it again, as it would a crash during the attempt).
         self._successes: GroupCommit[dict[str, Any], None] = GroupCommit(
-            service.db, queue.succeed_many, lambda c, item: queue.succeed(c, **item))
+            service.db, queue.succeed_many, lambda c, item: queue.succeed(c, **item),
+            linger_s=SUCCESS_LINGER_S)
 
     @property
     def lease_s(self) -> float:
@@ -65,7 +71,7 @@ class Worker:
         await self.svc.queue.run(self)
 
     def free(self) -> int:
-        return self.svc.workers - len(self.inflight)
+        return self.svc.workers - len(self.inflight) - self.reserved
 
     def start(self, tg: asyncio.TaskGroup, lease: Lease) -> None:
         rid = lease.row["id"]

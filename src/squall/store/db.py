@@ -284,24 +284,37 @@ class GroupCommit(Generic[Item, T]):
     lone write goes at once: batches form only under load, and never wait for one to fill."""
 
     def __init__(self, db: Database, many: Callable[[sqlite3.Connection, list[Item]], list[T]],
-                 one: Callable[[sqlite3.Connection, Item], T]) -> None:
+                 one: Callable[[sqlite3.Connection, Item], T], *, linger_s: float = 0.0,
+                 fill: int = 16) -> None:
         self._db = db
         self._many = many
         self._one = one
+        # for writes nobody waits on to answer a client: a batch short of ``fill`` items waits
+        # this long for more (the cost of a commit is mostly fixed: the pages it writes)
+        self._linger_s = linger_s
+        self._fill = fill
         self._pending: list[tuple[Item, asyncio.Future[T]]] = []
         self._draining: asyncio.Task[None] | None = None
 
     async def __call__(self, item: Item) -> T:
-        fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        return await self.submit(item)
+
+    def submit(self, item: Item) -> asyncio.Future[T]:
+        """``item`` is written with the next batch; the future is its outcome (cancelled only
+        when the writer is, at shutdown)."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[T] = loop.create_future()
         self._pending.append((item, fut))
         if self._draining is None:
-            self._draining = asyncio.get_running_loop().create_task(self._drain())
-        return await fut
+            self._draining = loop.create_task(self._drain())
+        return fut
 
     async def _drain(self) -> None:
         batch: list[tuple[Item, asyncio.Future[T]]] = []
         try:
             while self._pending:
+                if self._linger_s and len(self._pending) < self._fill:
+                    await asyncio.sleep(self._linger_s)
                 batch, self._pending = self._pending, []
                 items = [item for item, _ in batch]
                 try:

@@ -123,25 +123,48 @@ def find_idempotent(conn: sqlite3.Connection, namespace: str, function: str,
 
 def _insert_event(conn: sqlite3.Connection, *, id: str, function: str, namespace: str,
                   trigger: str, payload: str, now: float, source: str | None = None,
-                  idempotency_key: str | None = None, traceparent: str | None = None) -> None:
+                  idempotency_key: str | None = None, traceparent: str | None = None,
+                  lease_until: float | None = None) -> None:
+    """A queued event; with ``lease_until``, one already claimed by the writer (its first
+    attempt running, as ``claim`` would leave it): see ``TableQueue.reserve``."""
+    if lease_until is None:
+        conn.execute(
+            "INSERT INTO events (id, function, namespace, trigger, source, payload, status,"
+            " attempts, idempotency_key, created_at, updated_at, next_attempt_at, traceparent)"
+            " VALUES (?,?,?,?,?,?,'queued',0,?,?,?,?,?)",
+            (id, function, namespace, trigger, source, payload, idempotency_key, now, now, now,
+             traceparent))
+        return
     conn.execute(
         "INSERT INTO events (id, function, namespace, trigger, source, payload, status, attempts,"
-        " idempotency_key, created_at, updated_at, next_attempt_at, traceparent)"
-        " VALUES (?,?,?,?,?,?,'queued',0,?,?,?,?,?)",
+        " idempotency_key, created_at, updated_at, next_attempt_at, lease_until, started_at,"
+        " traceparent) VALUES (?,?,?,?,?,?,'running',1,?,?,?,?,?,?,?)",
         (id, function, namespace, trigger, source, payload, idempotency_key, now, now, now,
-         traceparent))
+         lease_until, now, traceparent))
+
+
+def leased_row(*, id: str, function: str, namespace: str, trigger: str, payload: str, now: float,
+               source: str | None, idempotency_key: str | None, traceparent: str | None,
+               lease_until: float | None) -> dict[str, Any]:
+    """The row ``_insert_event`` wrote with a lease, as ``claim`` returns rows."""
+    return {"id": id, "function": function, "namespace": namespace, "trigger": trigger,
+            "source": source, "payload": payload, "status": "running", "attempts": 1,
+            "idempotency_key": idempotency_key, "created_at": now, "updated_at": now,
+            "next_attempt_at": now, "lease_until": lease_until, "started_at": now,
+            "finished_at": None, "result": None, "error": None, "traceparent": traceparent}
 
 
 def enqueue(conn: sqlite3.Connection, *, id: str, function: str, namespace: str, trigger: str,
             payload: str, now: float, source: str | None = None,
-            idempotency_key: str | None = None,
-            traceparent: str | None = None) -> tuple[str, bool]:
+            idempotency_key: str | None = None, traceparent: str | None = None,
+            lease_until: float | None = None) -> tuple[str, bool]:
     """Insert a queued event in one transaction. With a key already used for this function,
     return (first id, False) and insert nothing."""
     with transaction(conn):
         return _enqueue(conn, id=id, function=function, namespace=namespace, trigger=trigger,
                         payload=payload, now=now, source=source,
-                        idempotency_key=idempotency_key, traceparent=traceparent)
+                        idempotency_key=idempotency_key, traceparent=traceparent,
+                        lease_until=lease_until)
 
 
 def enqueue_many(conn: sqlite3.Connection,
@@ -154,14 +177,14 @@ def enqueue_many(conn: sqlite3.Connection,
 
 def _enqueue(conn: sqlite3.Connection, *, id: str, function: str, namespace: str, trigger: str,
              payload: str, now: float, source: str | None, idempotency_key: str | None,
-             traceparent: str | None) -> tuple[str, bool]:
+             traceparent: str | None, lease_until: float | None = None) -> tuple[str, bool]:
     if idempotency_key is not None:
         first = find_idempotent(conn, namespace, function, idempotency_key)
         if first is not None:
             return first, False
     _insert_event(conn, id=id, function=function, namespace=namespace, trigger=trigger,
                   payload=payload, now=now, source=source, idempotency_key=idempotency_key,
-                  traceparent=traceparent)
+                  traceparent=traceparent, lease_until=lease_until)
     return id, True
 
 

@@ -133,8 +133,9 @@ class Pump:
             try:
                 if remaining <= 0:
                     batch.append(self.queue.get_nowait())
-                else:
-                    batch.append(await asyncio.wait_for(self.queue.get(), remaining))
+                else:  # not wait_for: see squall.aio.wait_event
+                    async with asyncio.timeout(remaining):
+                        batch.append(await self.queue.get())
             except (asyncio.QueueEmpty, TimeoutError):
                 break
         return batch
