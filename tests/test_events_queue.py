@@ -357,6 +357,9 @@ def test_events_are_handed_over_only_when_the_dispatcher_has_caught_up(tmp_path:
             await asyncio.sleep(0.05)  # the dispatcher looked: nothing due, caught up again
             assert tq.reserve() == 30.0
             tq.hand(None)
+            d.shared = True  # other processes write this store (--workers): they claim
+            assert tq.reserve() is None
+            d.shared = False
             await tq.publish([queues.EventRef("queued-now", "default")])  # written queued
             assert tq.reserve() is None
             runner.cancel()
