@@ -69,6 +69,10 @@ class Pool:
         # the version's cross-worker tokens (squall.tokens), with --workers > 1
         self.tokens: Slots | None = None
         self._token_back = asyncio.Event()
+        # one waiter at a time looks for a token another worker gave back; the others queue
+        # behind it here (64 waiting deliveries each trying the lock every few ms cost a sixth
+        # of a worker's time under async load)
+        self._token_turn = asyncio.Lock()
 
     @property
     def size(self) -> int:
@@ -115,18 +119,29 @@ class Pool:
         another worker holds comes back without a word to this one: look again every few ms."""
         assert self.tokens is not None
         self.tokens.n = self.spec.max_instances * self.spec.concurrency
-        pause = TOKEN_POLL_FIRST_S
-        while not self.tokens.take():
-            remaining = deadline - self._clock()
-            if remaining <= 0:
-                raise TooManyRequests(
-                    f"all {self.spec.max_instances} instances of {self.key} are busy (across "
-                    f"the platform's workers); retry later or raise max_instances",
-                    retry_after_s=1)
-            # a release here wakes us at once; one in another worker is seen at the next look
-            self._token_back.clear()
-            await wait_event(self._token_back, min(pause, remaining))
-            pause = min(TOKEN_POLL_MAX_S, pause * 2)
+        if not self._token_turn.locked() and self.tokens.take():
+            return  # nobody here waits for one
+        busy = TooManyRequests(
+            f"all {self.spec.max_instances} instances of {self.key} are busy (across "
+            f"the platform's workers); retry later or raise max_instances", retry_after_s=1)
+        try:
+            async with asyncio.timeout(max(0.0, deadline - self._clock())):
+                await self._token_turn.acquire()
+        except TimeoutError:
+            raise busy from None
+        try:
+            pause = TOKEN_POLL_FIRST_S
+            while not self.tokens.take():
+                remaining = deadline - self._clock()
+                if remaining <= 0:
+                    raise busy
+                # a release here wakes us at once; one in another worker is seen at the next
+                # look
+                self._token_back.clear()
+                await wait_event(self._token_back, min(pause, remaining))
+                pause = min(TOKEN_POLL_MAX_S, pause * 2)
+        finally:
+            self._token_turn.release()
 
     async def _acquire(self, deadline: float) -> tuple[Instance, bool]:
         while True:
