@@ -281,7 +281,8 @@ class GroupCommit(Generic[Item, T]):
     (``Database.run_inline``). ``many(conn, items)`` writes them all
     in one transaction and returns one result per item; when it raises, each item is written
     again alone with ``one(conn, item)`` so that one bad item fails only its own caller. A
-    lone write goes at once: batches form only under load, and never wait for one to fill."""
+    lone write goes at once: batches form only under load, and never wait for one to fill, except
+    with ``linger_s`` (for writes no client waits on, such as the outcomes of deliveries)."""
 
     def __init__(self, db: Database, many: Callable[[sqlite3.Connection, list[Item]], list[T]],
                  one: Callable[[sqlite3.Connection, Item], T], *, linger_s: float = 0.0,
