@@ -173,7 +173,13 @@ class Cgroups:
                 pid, _, start = child.name.partition(".")
                 if pid.isdigit() and _start_time(int(pid)) == start:
                     continue  # a live platform (maybe us)
-                for group in sorted((p for p in child.rglob("*") if p.is_dir()), reverse=True):
+                try:
+                    groups = sorted((p for p in child.rglob("*") if p.is_dir()), reverse=True)
+                except FileNotFoundError:
+                    # the exiting platform's own teardown, or another starting one's sweep,
+                    # removed part of it as we walked: a CI run's `squall up` died of this
+                    continue
+                for group in groups:
                     self._kill_all(group)
                     self._rmdir(group)
                 self._kill_all(child)
