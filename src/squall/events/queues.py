@@ -260,7 +260,9 @@ class TableQueue:
             self.svc.wake.set()
 
     def freed(self) -> None:
-        if not self._caught_up:  # events may be waiting for this slot
+        # events may be waiting for this slot: after a full claim, or written by another
+        # process of a shared store, which does not wake this one
+        if not self._caught_up or self.svc.db.shared:
             self.svc.wake.set()
 
     def reserve(self) -> float | None:
