@@ -204,7 +204,7 @@ def claim(conn: sqlite3.Connection, *, now: float, limit: int,
             f"{skip}) RETURNING {_EVENT_COLS}")
     # Two walks of two partial indexes (queue-0003), each in order and stopping at ``limit``:
     # one query with an OR sorted every due row first, milliseconds with a backlog of 10,000.
-    # SQLite is told the index: without statistics its planner prefers events_due and a sort.
+    # SQLite is told the index: without statistics its planner prefers events_status and a sort.
     # Leases that ran out first (their events are the oldest), then what is due.
     with transaction(conn, isolation="read committed"):
         rows = conn.execute(take.format(
@@ -281,21 +281,41 @@ def overdue(conn: sqlite3.Connection, *, before: float,
             limit: int = 1000) -> list[dict[str, Any]]:
     """Unfinished events that became claimable before ``before`` and are still not running
     under a live lease: (id, namespace, attempts), oldest due first."""
-    rows = conn.execute(
-        "SELECT id, namespace, attempts FROM events"
-        " WHERE (status IN ('queued','failed') AND next_attempt_at<?)"
-        "    OR (status='running' AND lease_until<?)"
-        " ORDER BY next_attempt_at LIMIT ?", (before, before, limit)).fetchall()
-    return [dict(r) for r in rows]
+    # Each half walks its partial index in order and stops at ``limit`` (queue-0003): one
+    # query with an OR searched every unfinished event and sorted them.
+    ready, leased = _hints(conn)
+    rows = [*conn.execute(
+        f"SELECT id, namespace, attempts, next_attempt_at FROM events {ready}"
+        " WHERE status IN ('queued','failed') AND next_attempt_at<?"
+        " ORDER BY next_attempt_at LIMIT ?", (before, limit)).fetchall(),
+        *conn.execute(
+        f"SELECT id, namespace, attempts, next_attempt_at FROM events {leased}"
+        " WHERE status='running' AND lease_until<? ORDER BY lease_until LIMIT ?",
+        (before, limit)).fetchall()]
+    rows.sort(key=lambda r: r["next_attempt_at"])
+    return [{"id": r["id"], "namespace": r["namespace"], "attempts": r["attempts"]}
+            for r in rows[:limit]]
 
 
 def next_due_at(conn: sqlite3.Connection) -> float | None:
-    """The earliest time an event becomes claimable, or None when nothing is waiting."""
+    """The earliest time an event becomes claimable, or None when nothing is waiting: the first
+    entry of each partial index (a search each, whatever the backlog)."""
+    ready, leased = _hints(conn)
     r = conn.execute(
-        "SELECT MIN(t) FROM (SELECT MIN(next_attempt_at) AS t FROM events"
+        f"SELECT MIN(t) FROM (SELECT MIN(next_attempt_at) AS t FROM events {ready}"
         " WHERE status IN ('queued','failed')"
-        " UNION ALL SELECT MIN(lease_until) FROM events WHERE status='running') AS due").fetchone()
+        f" UNION ALL SELECT MIN(lease_until) FROM events {leased} WHERE status='running')"
+        " AS due").fetchone()
     return None if r is None or r[0] is None else float(r[0])
+
+
+def _hints(conn: sqlite3.Connection) -> tuple[str, str]:
+    """SQLite's INDEXED BY for the due (queued, failed) and the leased (running) events: with
+    no statistics its planner takes events_status and searches every row of those statuses.
+    PostgreSQL plans for itself."""
+    if is_postgres(conn):
+        return "", ""
+    return "INDEXED BY events_ready", "INDEXED BY events_leased"
 
 
 def depth(conn: sqlite3.Connection) -> list[dict[str, Any]]:
@@ -408,7 +428,7 @@ def list_events(conn: sqlite3.Connection, *, function: str | None = None,
     # Running and retrying events are few among many finished ones: found through the status
     # index, not by walking every event of the function (SQLite's plan for ``function=?``, 5 ms
     # per call with 20,000 events; a poll of the backlog made that a load of its own).
-    hint = "INDEXED BY events_due" if status in ("running", "failed") and not is_postgres(conn) \
+    hint = "INDEXED BY events_status" if status in ("running", "failed") and not is_postgres(conn) \
         else ""
     rows = conn.execute(f"SELECT {_EVENT_COLS} FROM events {hint} WHERE {' AND '.join(where)}"
                         " ORDER BY created_at DESC LIMIT ?", (*args, limit)).fetchall()

@@ -62,6 +62,21 @@ CREATE TABLE audit (
 CREATE INDEX audit_by_time ON audit (ts);
 CREATE INDEX events_by_tenant ON events (namespace, status);
 CREATE INDEX invocations_by_time ON invocations (start_ts)"""),
+    # Fewer events indexes to keep up at every write. An event's status changes twice or three
+    # times (queued, running, succeeded), and each change moved it in two status indexes,
+    # events_due (status, next_attempt_at) and events_by_tenant (namespace, status): one
+    # (status, namespace) serves what both did (a status's events, a tenant's unfinished
+    # ones, the backlog by tenant), while the due order is the partial events_ready's
+    # (queue-0003). And events_source held every event, though most have no source (the API's,
+    # the scheduler's): those are left out. Accept, claim and succeed of an event in the store:
+    # 109 -> 91 us (batches of 16, one run each on the same machine). Here, not in the queue's
+    # migrations: events_by_tenant is made above.
+    ("tenants-0002-events-indexes", """
+DROP INDEX events_due;
+DROP INDEX events_by_tenant;
+CREATE INDEX events_status ON events (status, namespace);
+DROP INDEX events_source;
+CREATE INDEX events_source ON events (source, created_at) WHERE source IS NOT NULL"""),
 ]
 
 
