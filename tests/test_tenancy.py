@@ -7,6 +7,7 @@ import json
 import os
 import stat
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
+from squall.tenancy.quota import Refusals
 from tests.conftest import PlatformProc, wait_for
 
 HELLO = """
@@ -302,6 +304,52 @@ def test_quotas_with_their_codes(platform: PlatformProc, make_fn: Callable[..., 
     other = make_fn("free", HELLO)
     platform.cli("deploy", str(other))
     assert platform.invoke("free").status_code == 200
+
+
+def test_refusals_are_paced_per_tenant() -> None:
+    """A fake clock: the first refusal goes out at once, the next ones 1/rate apart, never held
+    over max_wait_s; another tenant's are not behind them; a rate of 0 holds none."""
+    now = [100.0]
+    r = Refusals(10.0, max_wait_s=0.25, clock=lambda: now[0])
+    assert [round(r.wait_s("noisy"), 3) for _ in range(5)] == [0.0, 0.1, 0.2, 0.25, 0.25]
+    assert r.wait_s("quiet") == 0.0
+    now[0] += 5.0  # a quiet spell: the next refusal goes out at once again
+    assert r.wait_s("noisy") == 0.0
+    assert Refusals(0.0).wait_s("noisy") == 0.0
+
+
+def test_a_tenant_past_its_quota_is_answered_at_the_refusal_pace(
+        platform_factory: Callable[..., PlatformProc], make_fn: Callable[..., Path]) -> None:
+    """Each 429 still says why, with Retry-After; one connection that retries at once gets them
+    no faster than SQUALL_REFUSALS_PER_S, while another tenant is served meanwhile."""
+    p = platform_factory(SQUALL_REFUSALS_PER_S="20")
+    p.cli("tenant", "create", "busy", "--max-concurrency", "1")
+    k = key(p, "busy", "deploy,invoke")
+    assert deploy_as(p, k["key"], make_fn("slow", SLOW)).status_code == 201
+    p.cli("deploy", str(make_fn("hello", HELLO)))
+    held: list[httpx.Response] = []
+
+    def call() -> None:
+        with client(p, k["key"]) as c:
+            held.append(c.post("/api/v1/functions/slow/invocations", json={"sleep": 4}))
+
+    t = threading.Thread(target=call)
+    t.start()
+    wait_for(lambda: p.http.get("/api/v1/tenants/busy").json()["usage"][
+        "concurrent_executions"] == 1, message="the first execution")
+    with client(p, k["key"]) as c:
+        t0 = time.monotonic()
+        refused = [c.get("/t/busy/fn/slow") for _ in range(10)]
+        elapsed = time.monotonic() - t0
+        assert p.invoke("hello").status_code == 200  # the default tenant is served
+    t.join()
+    assert held[0].status_code == 200
+    assert {r.status_code for r in refused} == {429}
+    assert {r.json()["error"]["code"] for r in refused} == {"tenant_concurrency_exceeded"}
+    assert all(int(r.headers["retry-after"]) >= 1 for r in refused)
+    # 10 refusals at 20 a second: the last went out at least 9/20 s after the first (a lower
+    # bound: a slow machine only makes it longer)
+    assert elapsed >= 0.45, elapsed
 
 
 def test_memory_quota_evicts_idle_then_refuses(platform: PlatformProc,

@@ -41,6 +41,9 @@ class Settings:
     ephemeral_mb: int = 512
     # bounded wait for a free instance before 429
     queue_wait_s: float = 10.0
+    # a tenant's quota refusals (429) answered at once per second; more wait their turn, up
+    # to 1 s (squall.tenancy.quota.Refusals); 0 answers every one at once
+    refusals_per_s: float = 200.0
     max_sync_payload: int = 6 * 1024 * 1024
     max_async_payload: int = 256 * 1024
     max_bundle_bytes: int = 250 * 1024 * 1024

@@ -49,6 +49,7 @@ from squall.store import functions as store_fn
 from squall.store import tenants as store_tenants
 from squall.store.db import Database, open_database
 from squall.tenancy.crypto import Sealer, load_master_key
+from squall.tenancy.quota import Refusals
 from squall.tenancy.secrets import finish_rotation, references
 from squall.tenancy.service import Identity
 from squall.tokens import SharedLimits
@@ -194,6 +195,7 @@ def _wire_identity(platform: Platform) -> Identity:
     identity = _identity(settings, platform.db)
     platform.identity = platform.registry.identity = platform.deployer.identity = identity
     platform.invoker.quotas = identity.quotas
+    identity.quotas.refusals = Refusals(platform.settings.refusals_per_s)
     platform.agent.tenant_limits = identity.limits
     identity.secrets.listeners.append(lambda tenant: _secrets_changed(platform, tenant))
     identity.region = settings.s3_region

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 from collections.abc import Callable
@@ -91,6 +92,9 @@ class LocalInvoker:
         except TooManyRequests:
             if self.registry.get(function, namespace) is not None:  # bounded label values
                 self.obs.metrics.throttled(namespace, function)
+            wait = quotas.refusals.wait_s(namespace)  # squall.tenancy.quota.Refusals
+            if wait > 0:
+                await asyncio.sleep(wait)
             raise
         try:
             return await self._invoke(function, event, trigger, request_id, qualifier, namespace,
