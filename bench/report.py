@@ -218,8 +218,10 @@ def _tenancy_rows(t: dict[str, Any]) -> list[Row]:
     return [
         _row("tenant B warm p50 while tenant A is at its quota (wrk c=32, mostly 429)", loaded,
              idle, "ms", "<= 2x B idle", loaded <= 2 * idle, "tenant B idle"),
-        _row("tenant A requests answered (429 tenant_concurrency_exceeded beyond 4)",
-             t.get("noisy_rps"), None, "req/s"),
+        _row("tenant A requests answered (429 tenant_concurrency_exceeded beyond 4, "
+             "refusals paced at SQUALL_REFUSALS_PER_S)", t.get("noisy_rps"), None, "req/s"),
+        _row("tenant B warm p99 while tenant A is at its quota", t["quiet_loaded"]["p99"],
+             t["quiet_idle"]["p99"], "ms", baseline_what="tenant B idle"),
     ]
 
 
