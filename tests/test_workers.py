@@ -70,6 +70,24 @@ def test_slots_are_shared_by_processes_and_freed_by_death(tmp_path: Path) -> Non
     assert mine.take() and mine.take() and not mine.take()
 
 
+def test_each_worker_takes_from_its_own_share_first(tmp_path: Path) -> None:
+    """Worker 1 of 2 starts at the second half of the tokens, so it rarely tries one worker 0
+    holds; once its half is held it takes what is free of the other's, and no more than n."""
+    path = tmp_path / "slots"
+    other, took = _holder(path, 8, 3)  # worker 0's share first: tokens 0, 1, 2
+    try:
+        assert took == 3
+        mine = Slots(path, 8, (1, 2))
+        got = []
+        while mine.take():
+            got.append(sorted(mine.mine))
+        assert got[:4] == [[4], [4, 5], [4, 5, 6], [4, 5, 6, 7]]
+        assert sorted(mine.mine) == [3, 4, 5, 6, 7]  # the one free token of the other half
+    finally:
+        other.kill()
+        other.wait()
+
+
 def test_a_rate_is_one_bucket_for_every_worker(tmp_path: Path) -> None:
     SharedLimits.reset(tmp_path / "limits")
     now = [100.0]

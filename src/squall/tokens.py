@@ -54,18 +54,22 @@ class Slots(_File):
     """``n`` tokens shared by every process that opens ``path``. ``n`` may change (a new
     limit); tokens held above it are given back as usual."""
 
-    def __init__(self, path: Path, n: int) -> None:
+    def __init__(self, path: Path, n: int, share: tuple[int, int] = (0, 1)) -> None:
         super().__init__(path)
         self.n = n
-        self.mine: list[int] = []
-        self._next = 0
+        self.mine: set[int] = set()
+        # (this worker's index, workers): its scan starts at its own share of the tokens, so
+        # the workers rarely try a token another holds (each try is a system call). Tokens are
+        # counted, not owned: any worker may take any free one.
+        self.share = share
 
     def take(self) -> bool:
         """Take a free token (False when all n are held, here or by other processes)."""
         n = self.n
         mine = self.mine
+        start = self.share[0] * n // self.share[1]
         for k in range(n):
-            i = (self._next + k) % n
+            i = (start + k) % n
             if i in mine:
                 continue
             try:
@@ -74,8 +78,7 @@ class Slots(_File):
                 if _busy(exc):
                     continue
                 raise
-            mine.append(i)
-            self._next = i + 1
+            mine.add(i)
             return True
         return False
 
@@ -153,7 +156,7 @@ class SharedLimits:
         name = _name(kind, key)
         s = self._slots.get(name)
         if s is None:
-            s = self._slots[name] = Slots(self.root / name, n)
+            s = self._slots[name] = Slots(self.root / name, n, (self.index, self.workers))
         s.n = n
         return s
 
