@@ -30,6 +30,10 @@ if TYPE_CHECKING:
 
 _WARM = InitTiming()  # a warm invocation's: all zero (read only, shared)
 _NO_CTX: dict[str, str] = {}  # the frame context of an untraced invocation (read only, shared)
+# Invocations a client's request waits on (/fn/, the API's and Lambda's Invoke, a replay).
+# Async deliveries are not paced: a held refusal would hold a delivery slot other tenants' events
+# need, and a refused delivery is retried by the queue's own backoff.
+_CLIENT_TRIGGERS = frozenset({"http", "api", "replay"})
 
 
 class LocalInvoker:
@@ -92,9 +96,10 @@ class LocalInvoker:
         except TooManyRequests:
             if self.registry.get(function, namespace) is not None:  # bounded label values
                 self.obs.metrics.throttled(namespace, function)
-            wait = quotas.refusals.wait_s(namespace)  # squall.tenancy.quota.Refusals
-            if wait > 0:
-                await asyncio.sleep(wait)
+            if trigger in _CLIENT_TRIGGERS:  # a client waits: its refusals are paced
+                wait = quotas.refusals.wait_s(namespace)  # squall.tenancy.quota.Refusals
+                if wait > 0:
+                    await asyncio.sleep(wait)
             raise
         try:
             return await self._invoke(function, event, trigger, request_id, qualifier, namespace,
